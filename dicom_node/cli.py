@@ -1,0 +1,16 @@
+"""Entry point of the `x2x` command: imports each command module so it registers itself."""
+
+from __future__ import annotations
+
+from dicom_node.cli_apps import app
+from dicom_node.commands import (  # noqa: F401  (imported to register their commands)
+    core,
+)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""`x2x version`, `x2x config show`, `x2x model init-tiny`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dicom_node.cli_apps import app, config_app, model_app, settings
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of this package and the libraries it stands on."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    out = {}
+    for dist in ("instructx2x-node", "pydicom", "pynetdicom", "highdicom", "torch", "diffusers", "transformers"):
+        try:
+            out[dist] = dist_version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    typer.echo(json.dumps(out, indent=2))
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (file + environment) as JSON; secrets are masked."""
+    typer.echo(json.dumps(settings().masked_dict(), indent=2, default=str))
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate the configuration; exit code 2 with a one-line error if it is invalid."""
+    settings()
+    typer.echo("config OK")
+
+
+@model_app.command("init-tiny")
+def model_init_tiny(
+    out_dir: Path = typer.Argument(..., help="Folder to write the diffusers model to."),
+    seed: int = typer.Option(0, help="Seed of the random weights (same seed, same bytes)."),
+) -> None:
+    """Write a tiny RANDOM-weight InstructPix2Pix model (a test fixture: its edits are meaningless)."""
+    from editor.tiny import init_tiny_model
+
+    path = init_tiny_model(out_dir, seed=seed)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    typer.echo(f"wrote tiny random fixture model to {path} ({size / 1e6:.1f} MB); NOT a medical model")

@@ -1,0 +1,268 @@
+"""The node's one typed configuration: TOML file (`--config` / `X2X_CONFIG`) + `X2X_*` environment.
+
+Environment variables override the file; nested keys use a double underscore, e.g.
+`X2X_NODE__PORT=11113` or `X2X_API__TOKEN=...`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    # A misspelt key must fail loudly, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSConfig(_Section):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+class NodeConfig(_Section):
+    """The DICOM SCP (C-STORE / C-ECHO)."""
+
+    ae_title: str = "X2X"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    # pynetdicom's default of 10 rejects the 11th concurrent sender: keep headroom.
+    max_associations: int = Field(64, ge=1)
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
+    allowed_calling_aes: list[str] = Field(default_factory=list, description="empty = accept any AE")
+    study_quiet_seconds: float = Field(5.0, ge=0)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not v or len(v) > 16 or "\\" in v:
+            raise ValueError("AE title must be 1-16 characters without backslash")
+        return v
+
+
+class PathsConfig(_Section):
+    var_dir: Path = Path("var")
+    spool_dir: Path | None = None  # default <var_dir>/spool
+    results_dir: Path | None = None  # default <var_dir>/results (copies of what was sent + previews)
+
+    def spool(self) -> Path:
+        return self.spool_dir or self.var_dir / "spool"
+
+    def results(self) -> Path:
+        return self.results_dir or self.var_dir / "results"
+
+
+class DatabaseConfig(_Section):
+    url: str | None = None  # default sqlite:///<var_dir>/jobs.sqlite
+
+
+class QueueConfig(_Section):
+    """Celery. Embedded default: SQLite broker + result backend under var_dir, no server."""
+
+    broker_url: str | None = None  # default sqla+sqlite:///<var_dir>/broker.sqlite
+    result_backend: str | None = None  # default db+sqlite:///<var_dir>/celery-results.sqlite
+    embedded_worker: bool = True  # `x2x serve` runs one worker (solo pool) in-process
+
+
+class APIConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    token: SecretStr | None = None  # bearer token for mutating endpoints; None = generated at start
+
+
+class ModelConfig(_Section):
+    path: Path | None = None  # None = the default model (phantom demo when present, else tiny fixture)
+    single_file_config: Path | None = None  # for original-format .ckpt/.safetensors
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class EditDefaults(_Section):
+    """Defaults for editor.EditParams (the paper's values)."""
+
+    steps: int = Field(100, ge=1)
+    text_guidance: float = 7.5
+    image_guidance: float = 1.5
+    tau: float = Field(0.1, ge=0, le=1)
+    seed: int = 0
+
+
+class Rule(_Section):
+    """Called-AE rule: studies sent to this AE title get this instruction."""
+
+    called_ae: str
+    instruction: str
+    seed: int | None = None
+    steps: int | None = None
+    destination: str | None = None  # name in [destinations]
+
+
+class RequestsConfig(_Section):
+    private_creator: str = "INSTRUCTX2X"
+    private_group: int = 0x0071
+    standard_attribute: str | None = None  # e.g. "RequestedProcedureDescription"
+    default_instruction: str | None = None  # for the node's own AE title when nothing else applies
+
+
+class Destination(_Section):
+    type: Literal["cstore", "stow", "folder"] = "cstore"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
+    url: str | None = None
+    path: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class SendConfig(_Section):
+    default_destination: str | None = None
+    max_attempts: int = Field(5, ge=1)
+    backoff_seconds: float = Field(2.0, ge=0)
+    backoff_max_seconds: float = Field(300.0, ge=0)
+    # calling AE -> destination name, for "send back to the sender's configured peer"
+    peers: dict[str, str] = Field(default_factory=dict)
+
+
+class ResultsConfig(_Section):
+    uid_root: str | None = None  # None = 2.25.<int> derived from the idempotency key
+    institution_name: str | None = None
+
+
+class LoggingConfig(_Section):
+    level: str = "INFO"
+    json_format: bool = False
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="X2X_", env_nested_delimiter="__", extra="forbid")
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    api: APIConfig = Field(default_factory=APIConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    edit: EditDefaults = Field(default_factory=EditDefaults)
+    rules: list[Rule] = Field(default_factory=list)
+    requests: RequestsConfig = Field(default_factory=RequestsConfig)
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    send: SendConfig = Field(default_factory=SendConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    _toml_data: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs > environment > TOML file
+        return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_data))
+
+    # Derived locations -------------------------------------------------------------------
+    @property
+    def var_dir(self) -> Path:
+        return self.paths.var_dir
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.paths.spool()
+
+    @property
+    def results_dir(self) -> Path:
+        return self.paths.results()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.var_dir / 'jobs.sqlite').resolve()}"
+
+    @property
+    def broker_url(self) -> str:
+        return self.queue.broker_url or f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def result_backend(self) -> str:
+        return self.queue.result_backend or (
+            f"db+sqlite:///{(self.var_dir / 'celery-results.sqlite').resolve()}"
+        )
+
+    def rule_for(self, called_ae: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.called_ae.strip() == called_ae.strip():
+                return rule
+        return None
+
+    def masked_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets shown as '********'."""
+        return self.model_dump(mode="json")  # SecretStr dumps masked in json mode
+
+
+def _error_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid config key '{key}': {first['msg']}{more}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from TOML (argument, else $X2X_CONFIG) and the environment.
+
+    Raises ConfigError with a one-line message naming the offending key.
+    """
+    path = config_file or os.environ.get("X2X_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {p}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    Settings._toml_data = data
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_error_line(exc)) from exc
+    finally:
+        Settings._toml_data = {}

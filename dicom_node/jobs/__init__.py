@@ -1,0 +1,1 @@
+"""Jobs: the durable record of one edit of one source instance (store) and how it runs."""
