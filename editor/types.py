@@ -81,6 +81,8 @@ class EditResult:
     relevance: np.ndarray  # float32 [0, 1], native grid
     guidance: np.ndarray  # float32 [0, 1], native grid: G = prior * R
     mask: np.ndarray  # bool, native grid: M = G >= tau (after clean-up)
+    # canonical finding name -> bool native mask (M restricted to that finding's prior); union == M
+    finding_masks: dict[str, np.ndarray]
     coverage: float  # fraction of native pixels inside M
     instruction: ParsedInstruction
     prior_source: str  # "anatomy" | "paper" | "fallback" | "none"
