@@ -83,6 +83,14 @@ class QueueConfig(_Section):
     broker_url: str | None = None  # default sqla+sqlite:///<var_dir>/broker.sqlite
     result_backend: str | None = None  # default db+sqlite:///<var_dir>/celery-results.sqlite
     embedded_worker: bool = True  # `x2x serve` runs one worker (solo pool) in-process
+    # Restart safety: a running job's worker renews a lease; a job whose lease is older than this (or
+    # whose worker process on this host is gone) is put back on the queue by any worker's sweep.
+    lease_seconds: float = Field(30.0, gt=0)
+    sweep_interval_seconds: float = Field(10.0, gt=0)
+    # A 'queued' job whose broker message was lost (embedded SQLite broker + SIGKILL) is re-sent after
+    # this long; a duplicate message is harmless because a job is claimed atomically.
+    requeue_queued_after_seconds: float = Field(900.0, gt=0)
+    queue_name: str = "x2x"
 
 
 class APIConfig(_Section):

@@ -27,7 +27,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             codes.append(256 + shift)
             shift += 1
-    return {b: chr(c) for b, c in zip(printable, codes)}
+    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
 
 
 def write_byte_tokenizer(folder: Path) -> None:

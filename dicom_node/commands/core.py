@@ -16,7 +16,7 @@ def version() -> None:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
-    out = {}
+    out: dict[str, str | None] = {}
     for dist in ("instructx2x-node", "pydicom", "pynetdicom", "highdicom", "torch", "diffusers", "transformers"):
         try:
             out[dist] = dist_version(dist)
@@ -49,3 +49,11 @@ def model_init_tiny(
     path = init_tiny_model(out_dir, seed=seed)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     typer.echo(f"wrote tiny random fixture model to {path} ({size / 1e6:.1f} MB); NOT a medical model")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (every key, type, default) as Markdown."""
+    from dicom_node.config_reference import render_markdown
+
+    typer.echo(render_markdown())

@@ -1,0 +1,52 @@
+"""The Celery application: one queue, the same tasks whether the broker is embedded SQLite or a server.
+
+Embedded default (no server): broker `sqla+sqlite:///<var>/broker.sqlite`, results
+`db+sqlite:///<var>/celery-results.sqlite`. Scale-out: set `[queue] broker_url = "redis://…"` (or
+`amqp://…`) and run `x2x worker` on as many machines as you like.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from dicom_node.config import Settings
+
+celery_app = Celery("x2x", include=["dicom_node.jobs.tasks"])
+_configured_for: tuple[str, str] | None = None
+
+
+def configure_celery(settings: Settings) -> Celery:
+    """Point the (module-level) Celery app at this configuration's broker and result backend."""
+    global _configured_for
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    broker, backend = settings.broker_url, settings.result_backend
+    celery_app.conf.update(
+        broker_url=broker,
+        result_backend=backend,
+        task_default_queue=settings.queue.queue_name,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # A message is acknowledged only after the job attempt ended; a worker lost mid-job gets its
+        # message back (Redis/AMQP). The DB claim makes a redelivery of a finished job a no-op.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        result_expires=7 * 24 * 3600,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,  # keep the node's (JSON) log format
+        worker_redirect_stdouts=False,
+        # Redis: redeliver an unacked message after this long (must exceed the longest edit).
+        broker_transport_options={"visibility_timeout": 3600, "polling_interval": 0.2},
+        enable_utc=True,
+    )
+    if broker.startswith("sqla+"):
+        # The SQLAlchemy transport polls; keep latency low for an interactive node.
+        celery_app.conf.broker_transport_options = {"polling_interval": 0.2}
+    _configured_for = (broker, backend)
+    return celery_app
+
+
+def is_configured() -> bool:
+    return _configured_for is not None

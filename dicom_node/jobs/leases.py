@@ -1,0 +1,257 @@
+"""Who is running which job: atomic claims, leases with heartbeats, and the sweep that recovers jobs.
+
+Why a lease table and not only Celery's acks_late: the embedded SQLite broker (kombu's SQLAlchemy
+transport) marks a fetched message invisible and never redelivers it after a SIGKILL, and an ETA
+message held in a killed worker's memory is gone too. So the job store is the source of truth:
+
+- a worker *claims* a job with one conditional UPDATE (queued/failed/received -> editing); a second
+  delivery of the same job finds nothing to claim and is a no-op, so a job never runs twice at once;
+- while it runs, the worker renews a lease row (worker id, host, pid, heartbeat time);
+- every worker sweeps at start and periodically: a job in editing/encoding/sending whose lease is
+  stale (older than `queue.lease_seconds`) or whose worker process on this host no longer exists is
+  put back to queued and re-sent. Redis/RabbitMQ redeliver unacked messages too; the claim makes the
+  two recovery paths safe to overlap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import DateTime, Integer, String, and_, delete, exists, or_, select, update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dicom_node.jobs.store import (
+    DEAD_LETTER,
+    EDITING,
+    ENCODING,
+    FAILED,
+    QUEUED,
+    RECEIVED,
+    SENDING,
+    Base,
+    Job,
+    JobStore,
+    utcnow,
+)
+
+log = logging.getLogger("x2x.jobs.leases")
+
+IN_PROGRESS = (EDITING, ENCODING, SENDING)
+CLAIMABLE = (RECEIVED, QUEUED, FAILED)
+
+
+class JobLease(Base):
+    __tablename__ = "job_leases"
+
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class WorkerRecord(Base):
+    """One row per worker process, refreshed by its sweeper: `x2x status` counts the live ones on any
+    broker (the embedded SQLite broker has no broadcast for Celery's ping)."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))  # embedded | worker
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+def worker_seen(store: JobStore, me: WorkerIdentity, kind: str, started_at: dt.datetime) -> None:
+    with store.session() as s:
+        row = s.get(WorkerRecord, me.worker_id)
+        if row is None:
+            s.add(WorkerRecord(worker_id=me.worker_id, hostname=me.hostname, pid=me.pid, kind=kind,
+                               started_at=started_at, seen_at=utcnow()))
+        else:
+            row.seen_at = utcnow()
+
+
+def worker_gone(store: JobStore, me: WorkerIdentity) -> None:
+    with store.session() as s:
+        s.execute(delete(WorkerRecord).where(WorkerRecord.worker_id == me.worker_id))
+
+
+def live_workers(store: JobStore, within_seconds: float) -> list[WorkerRecord]:
+    cutoff = utcnow() - dt.timedelta(seconds=within_seconds)
+    with store.session() as s:
+        return list(s.scalars(select(WorkerRecord).where(WorkerRecord.seen_at >= cutoff)))
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    hostname: str
+    pid: int
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.hostname}:{self.pid}"
+
+    @classmethod
+    def current(cls) -> WorkerIdentity:
+        return cls(socket.gethostname(), os.getpid())
+
+
+def ensure_tables(store: JobStore) -> None:
+    Base.metadata.create_all(
+        store.engine, tables=[JobLease.__table__, WorkerRecord.__table__]  # type: ignore[list-item]
+    )
+
+
+def claim(store: JobStore, job_id: int, me: WorkerIdentity) -> bool:
+    """Atomically move a claimable job to 'editing' and take its lease; False if someone else has it."""
+    now = utcnow()
+    with store.session() as s:
+        due = or_(Job.state != FAILED, Job.next_attempt_at.is_(None), Job.next_attempt_at <= now)
+        result = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(CLAIMABLE), due)
+            .values(state=EDITING, started_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        s.execute(delete(JobLease).where(JobLease.job_id == job_id))
+        s.add(JobLease(job_id=job_id, worker_id=me.worker_id, hostname=me.hostname, pid=me.pid,
+                       heartbeat_at=now))
+    return True
+
+
+def renew(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
+    with store.session() as s:
+        s.execute(
+            update(JobLease)
+            .where(JobLease.job_id == job_id, JobLease.worker_id == me.worker_id)
+            .values(heartbeat_at=utcnow())
+        )
+
+
+def release(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
+    with store.session() as s:
+        s.execute(delete(JobLease).where(JobLease.job_id == job_id, JobLease.worker_id == me.worker_id))
+
+
+class Heartbeat:
+    """Renews one job's lease in a background thread while the job runs (`with Heartbeat(...):`)."""
+
+    def __init__(self, store: JobStore, job_id: int, me: WorkerIdentity, interval: float):
+        self._store, self._job_id, self._me, self._interval = store, job_id, me, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"x2x-lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                renew(self._store, self._job_id, self._me)
+            except Exception:  # a transient DB error must not kill the job; the next beat retries
+                log.warning("lease renewal failed for job %s", self._job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_after: float) -> list[int]:
+    """Ids of jobs whose worker is gone (stale/missing lease, or dead pid on this host) and of
+    'queued'/'failed' jobs whose message is overdue (lost with a killed worker)."""
+    now = utcnow()
+    stale_before = now - dt.timedelta(seconds=lease_seconds)
+    overdue_before = now - dt.timedelta(seconds=requeue_queued_after)
+    me = WorkerIdentity.current()
+    out: list[int] = []
+    with store.session() as s:
+        rows = s.execute(
+            select(Job.id, JobLease.hostname, JobLease.pid, JobLease.heartbeat_at)
+            .outerjoin(JobLease, JobLease.job_id == Job.id)
+            .where(Job.state.in_(IN_PROGRESS))
+        ).all()
+        for job_id, host, pid, beat in rows:
+            stale = beat is None or beat < stale_before
+            dead_here = host == me.hostname and pid != me.pid and not _pid_alive(int(pid))
+            if stale or dead_here:
+                out.append(int(job_id))
+        overdue = s.scalars(
+            select(Job.id).where(
+                or_(
+                    and_(Job.state.in_((QUEUED, RECEIVED)), Job.updated_at < overdue_before,
+                         or_(Job.next_attempt_at.is_(None), Job.next_attempt_at < overdue_before)),
+                    # a failed job waiting for its retry: its ETA message may have died with a worker
+                    and_(Job.state == FAILED, Job.next_attempt_at.is_not(None),
+                         Job.next_attempt_at < overdue_before),
+                )
+            )
+        ).all()
+        out.extend(int(i) for i in overdue)
+    return sorted(set(out))
+
+
+def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -> bool:
+    """Put an orphaned in-progress job back to 'queued' (one conditional UPDATE, so a live worker that
+    renewed its lease in the meantime keeps the job). Returns True if this call requeued it."""
+    now = utcnow()
+    stale_before = now - dt.timedelta(seconds=lease_seconds)
+    me = WorkerIdentity.current()
+    with store.session() as s:
+        lease = s.get(JobLease, job_id)
+        dead_local = (
+            lease is not None and lease.hostname == me.hostname and lease.pid != me.pid
+            and not _pid_alive(lease.pid)
+        )
+        live_lease = exists().where(JobLease.job_id == job_id, JobLease.heartbeat_at >= stale_before)
+        cond = [Job.id == job_id, Job.state.in_(IN_PROGRESS)]
+        if not dead_local:
+            cond.append(~live_lease)
+        result = s.execute(
+            update(Job).where(*cond).values(state=QUEUED, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        s.execute(delete(JobLease).where(JobLease.job_id == job_id))
+    return True
+
+
+__all__ = [
+    "CLAIMABLE",
+    "DEAD_LETTER",
+    "IN_PROGRESS",
+    "Heartbeat",
+    "JobLease",
+    "WorkerIdentity",
+    "WorkerRecord",
+    "live_workers",
+    "worker_gone",
+    "worker_seen",
+    "claim",
+    "ensure_tables",
+    "recoverable_jobs",
+    "release",
+    "renew",
+    "requeue_in_progress",
+]

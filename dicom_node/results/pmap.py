@@ -1,0 +1,98 @@
+"""The guidance map G as a Parametric Map (float32, [0, 1], unitless "class activation").
+
+The Parametric Map IOD needs a Frame of Reference and plane geometry; see geometry.py for the new
+detector-plane frame used when the source (a CR/DX) has none.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.results.codes import GUIDANCE_QUANTITY, UNITLESS
+from dicom_node.results.geometry import metadata_copy, patient_orientation, plane_geometry
+from dicom_node.results.provenance import (
+    PROJECT_NAME,
+    contributing_equipment,
+    derivation_description,
+    mark_synthetic,
+    software_versions,
+    truncate,
+)
+from editor.types import EditResult
+
+
+def parametric_map(
+    source: Dataset,
+    result: EditResult,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    frame_uid: str,
+    dimension_uid: str,
+    series_number: int,
+    institution_name: str | None = None,
+) -> Dataset:
+    geometry = plane_geometry(source, frame_uid)
+    ref = metadata_copy(source)
+    ref.FrameOfReferenceUID = geometry.frame_of_reference_uid  # highdicom copies the frame from here
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="X2X_G",
+        lut_explanation="InstructX2X guidance map G = region prior x relevance, 0..1",
+        unit=UNITLESS,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=GUIDANCE_QUANTITY,
+    )
+    guidance = np.clip(np.asarray(result.guidance, dtype=np.float32), 0.0, 1.0)
+    pm = hd.pm.ParametricMap(
+        source_images=[ref],
+        pixel_array=guidance[None, ..., None],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=PROJECT_NAME,
+        manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
+        software_versions=tuple(software_versions(result)),
+        device_serial_number="none",
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        window_center=0.5,
+        window_width=1.0,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        content_label="X2X_GUIDANCE",
+        content_description=truncate(f"SYNTHETIC guidance map G: {result.instruction.canonical()}", 64),
+        pixel_measures=geometry.pixel_measures,
+        plane_orientation=geometry.plane_orientation,
+        plane_positions=[geometry.plane_position],
+        contributing_equipment=[contributing_equipment(result, institution_name)],
+    )
+    for item in pm.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = dimension_uid
+    for item in pm.get("DimensionIndexSequence", []):
+        item.DimensionOrganizationUID = dimension_uid
+    orientation = patient_orientation(source)
+    if orientation is not None and "PatientOrientation" in pm:
+        pm.PatientOrientation = list(orientation)
+    mark_synthetic(
+        pm,
+        source,
+        result,
+        series_description=f"X2X guidance map (PM): {result.instruction.canonical()}",
+        general_image=False,
+    )
+    # The Parametric Map IOD has no General Image module: say the derivation in the Derivation
+    # Image functional group the map already carries, and the frame's nature in the image comments.
+    description = derivation_description(result, geometry.note)
+    for group in (pm.get("SharedFunctionalGroupsSequence", []), pm.get("PerFrameFunctionalGroupsSequence", [])):
+        for item in group:
+            for derivation in item.get("DerivationImageSequence", []):
+                derivation.DerivationDescription = description
+    pm.FrameOfReferenceUID = geometry.frame_of_reference_uid
+    if not geometry.shares_source_frame:
+        pm.PositionReferenceIndicator = ""
+    return pm

@@ -1,0 +1,316 @@
+"""Loading an InstructPix2Pix-layout model (InstructX2X) from local files only.
+
+Two layouts are supported:
+
+* a **diffusers folder** (``model_index.json`` + ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``),
+  loaded with ``local_files_only=True``;
+* an **original-format single file** (``.ckpt`` / ``.safetensors``, the layout the InstructX2X research
+  release and the original ``instruct-pix2pix`` training code write), loaded with diffusers'
+  ``StableDiffusionInstructPix2PixPipeline.from_single_file(..., config=<local folder>,
+  local_files_only=True)``. ``single_file_config`` must be a *local diffusers config folder* for the
+  SD 1.5 InstructPix2Pix layout: ``model_index.json``, ``unet/config.json`` (in_channels 8),
+  ``vae/config.json``, ``text_encoder/config.json``, ``scheduler/scheduler_config.json`` and the
+  ``tokenizer/`` files (CLIP ViT-L/14 vocabulary) -- no weights are needed in it. A folder saved by
+  ``StableDiffusionInstructPix2PixPipeline.save_pretrained`` of ``timbrooks/instruct-pix2pix`` (copy it
+  once onto the node, weights may be deleted) is exactly that. Without such a folder diffusers would
+  fetch configs from the Hub, so we refuse instead. To avoid converting on every start, convert once:
+  ``load_model(ckpt, single_file_config=cfg)`` then ``save_model_folder(loaded, out_dir)`` and point the
+  node at ``out_dir`` (a diffusers folder; its ``x2x_model.json`` keeps the original model id).
+
+The denoising scheduler is always DDIM built from the model's own scheduler config (the paper's sampler).
+
+Every result carries ``model_id`` (``x2x_model.json``'s ``model_id`` when present, else the folder / file
+name) and ``weights_hash`` (sha256 over the weight files' relative names and bytes), so a result can be
+traced to the exact weights. ``describe_model`` gives both without building any torch module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("x2x.editor.model")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+DEFAULT_RESOLUTION = 512  # InstructX2X inference resolution (shorter side)
+
+
+class ModelLoadError(RuntimeError):
+    """The model path is not a loadable local model (message says what to fix)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    weights_hash: str
+    resolution: int
+    kind: str  # "diffusers" | "single-file" | x2x_model.json's kind (e.g. "fixture")
+
+
+@dataclass
+class LoadedModel:
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any  # DDIMScheduler (a template: copy it per edit, schedulers keep state)
+    model_id: str
+    weights_hash: str
+    resolution: int
+    device: torch.device
+    dtype: torch.dtype
+    kind: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.model_id, self.weights_hash, self.resolution, self.kind)
+
+
+# --------------------------------------------------------------------------------------------- device
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """auto: CUDA -> bfloat16 when the GPU supports it, else float16; CPU -> float32."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    if device.type == "cpu" and names[dtype] == torch.float16:
+        log.warning("float16 on CPU is slow and imprecise; float32 is recommended")
+    return names[dtype]
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A seeded generator on the compute device (CPU generator on CPU, device generator on CUDA)."""
+    import torch
+
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    folder = path if path.is_dir() else path.parent
+    candidates = [folder / "x2x_model.json"]
+    if path.is_file():
+        candidates.insert(0, path.with_name(path.stem + ".x2x_model.json"))
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ModelLoadError(f"{candidate} is not valid JSON: {exc}") from exc
+            if isinstance(data, dict):
+                return data
+    return {}
+
+
+def _weight_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+_hash_cache: dict[tuple[Any, ...], str] = {}
+_hash_lock = threading.Lock()
+
+
+def weights_hash(path: str | Path) -> str:
+    """sha256 over (relative name, bytes) of every weight file; cached by (path, mtime, size) of each."""
+    root = Path(path).resolve()
+    files = _weight_files(root)
+    if not files:
+        raise ModelLoadError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under {root}")
+    base = root.parent if root.is_file() else root
+    stats = tuple((str(f.relative_to(base)), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    key = (str(root), stats)
+    with _hash_lock:
+        cached = _hash_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(base)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    value = "sha256:" + digest.hexdigest()
+    with _hash_lock:
+        _hash_cache[key] = value
+    return value
+
+
+def _folder_resolution(folder: Path) -> int | None:
+    """sample_size x 2^(VAE blocks - 1), read from the component configs (no torch)."""
+    try:
+        unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
+        vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet_cfg["sample_size"]) * 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def describe_model(path: str | Path) -> ModelInfo:
+    """Model id, weights hash, resolution and kind, cheaply (reads JSON and hashes weights, cached)."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model path {p} does not exist")
+    side = _sidecar(p)
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise ModelLoadError(f"{p} is not a diffusers model folder (no model_index.json)")
+        kind = str(side.get("kind", "diffusers"))
+        resolution = int(side.get("resolution") or _folder_resolution(p) or DEFAULT_RESOLUTION)
+        default_id = p.resolve().name
+    else:
+        if not p.name.endswith(SINGLE_FILE_SUFFIXES):
+            raise ModelLoadError(f"{p}: a single-file model must be .ckpt or .safetensors")
+        kind = str(side.get("kind", "single-file"))
+        resolution = int(side.get("resolution") or DEFAULT_RESOLUTION)
+        default_id = p.stem
+    model_id = str(side.get("model_id") or default_id)
+    return ModelInfo(model_id=model_id, weights_hash=weights_hash(p), resolution=resolution, kind=kind)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _load_pipeline(path: Path, dtype: torch.dtype, single_file_config: str | Path | None) -> Any:
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    common = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False,
+              "local_files_only": True}
+    if path.is_dir():
+        return StableDiffusionInstructPix2PixPipeline.from_pretrained(str(path), **common)
+    if single_file_config is None:
+        raise ModelLoadError(
+            f"{path} is a single-file checkpoint: give single_file_config = a local diffusers config folder "
+            "for the SD1.5 InstructPix2Pix layout (see editor/model.py); without it diffusers would fetch "
+            "configs from the Hub, which this node never does"
+        )
+    cfg = Path(single_file_config)
+    if not (cfg.is_dir() and (cfg / "model_index.json").is_file()):
+        raise ModelLoadError(
+            f"single_file_config {cfg} must be a local diffusers config folder with model_index.json, "
+            "unet/, vae/, text_encoder/, tokenizer/, scheduler/ configs (an original .yaml alone would "
+            "make diffusers fetch the CLIP text encoder config from the Hub)"
+        )
+    return StableDiffusionInstructPix2PixPipeline.from_single_file(str(path), config=str(cfg), **common)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    single_file_config: str | Path | None = None,
+) -> LoadedModel:
+    """Load a local IP2P model onto `device` in `dtype`, in eval mode, with a DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    p = Path(path)
+    info = describe_model(p)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    try:
+        pipe = _load_pipeline(p, torch_dtype, single_file_config)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load model from {p}: {exc}") from exc
+    if pipe.unet.config.in_channels != 2 * pipe.vae.config.latent_channels:
+        raise ModelLoadError(
+            f"{p}: UNet has {pipe.unet.config.in_channels} input channels; an InstructPix2Pix model needs "
+            f"{2 * pipe.vae.config.latent_channels} (noisy latents + image latents)"
+        )
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.to(torch_device)
+        module.eval()
+        module.requires_grad_(False)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if torch_device.type == "cpu" and info.kind != "fixture":
+        n_params = sum(p.numel() for p in pipe.unet.parameters())
+        if n_params > 100_000_000:
+            log.warning("a %.0fM-parameter UNet on CPU takes minutes per edit; use a GPU or fewer steps",
+                        n_params / 1e6)
+    return LoadedModel(
+        vae=pipe.vae,
+        unet=pipe.unet,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=scheduler,
+        model_id=info.model_id,
+        weights_hash=info.weights_hash,
+        resolution=info.resolution,
+        device=torch_device,
+        dtype=torch_dtype,
+        kind=info.kind,
+    )
+
+
+def save_model_folder(model: LoadedModel, out_dir: str | Path) -> Path:
+    """Save a loaded model (e.g. converted from a single file) as a diffusers folder, keeping its id."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    out = Path(out_dir)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=model.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    (out / "x2x_model.json").write_text(json.dumps(
+        {"model_id": model.model_id, "kind": "diffusers", "resolution": model.resolution,
+         "converted_from_hash": model.weights_hash}, indent=2))
+    return out
+
+
+def pipeline_from_model(model: LoadedModel) -> Any:
+    """diffusers' own IP2P pipeline on the same components (reference for tests and benchmarks)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=type(model.scheduler).from_config(model.scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,623 @@
+"""Fine-tune the UNet of an InstructPix2Pix model on a MIMIC-EDIT-INSTRUCTION style dataset.
+
+input image = the past study, target = the current study, caption = the instruction. The VAE and the
+text encoder stay frozen (the paper fine-tunes the UNet only). Objective: the DDPM training loss with
+the scheduler's prediction type (epsilon or v), IP2P conditioning dropout (5 % text only, 5 % image
+only, 5 % both: text -> the empty prompt's embedding, image -> zero latents), AdamW at a constant
+learning rate, gradient accumulation to an effective batch.
+
+Exact resume. Every random draw of optimizer step `s`, micro-batch `m`, process `r` comes from a
+generator seeded with (seed, s, m, r), and the sample order is a function of (seed, epoch); so a run
+resumed from a checkpoint (accelerate `save_state`: UNet, AdamW state, EMA, RNG states, plus our
+step counter) continues with the same data and the same noise as an uninterrupted run, and reaches
+the same weights. Resuming with different data-affecting settings is refused.
+
+No horizontal flips by default: a flipped chest radiograph puts the heart on the wrong side and turns
+"left pleural effusion" into a right one. `hflip=True` flips and swaps left/right in the instruction,
+with a warning.
+
+Run on several GPUs with `accelerate launch -m dicom_node.cli train ...`; effective batch =
+per-device batch x accumulation x processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from editor.training.format import Sample, image_path, read_samples
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("x2x.train")
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+LOG_FILE = "train_log.jsonl"
+STATE_FILE = "trainer_state.json"
+
+# Settings that change what a step sees; resuming with different values would not be exact.
+_RESUME_KEYS = (
+    "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "seed",
+    "conditioning_dropout", "hflip", "split", "use_ema", "mixed_precision", "prediction_type",
+)
+
+
+@dataclass
+class TrainConfig:
+    base_model: Path  # local diffusers IP2P folder (model_index.json, unet/, vae/, text_encoder/ ...)
+    dataset_dir: Path  # instructions.csv + images/<dicom_id>.png (editor/training/format.py)
+    output_dir: Path  # checkpoints/, train_log.jsonl, model/ (the trained diffusers folder)
+    resolution: int = 512
+    split: str | None = "train"  # None = every row of instructions.csv
+    max_steps: int = 4500  # optimizer steps (paper: v1 4,500, v2 6,500)
+    train_batch_size: int = 4  # per device and micro-batch
+    effective_batch_size: int = 1024  # = train_batch_size x accumulation x processes
+    gradient_accumulation_steps: int | None = None  # None = derived from effective_batch_size
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    conditioning_dropout: float = 0.05  # each of: text only, image only, both
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, no on CPU
+    cpu: bool = False  # force CPU even when a GPU is present
+    seed: int = 0
+    checkpoint_every: int = 500  # optimizer steps; 0 = only at the end
+    checkpoints_total_limit: int | None = None  # keep at most this many checkpoints (oldest removed)
+    resume: str | None = None  # "latest", a checkpoint folder, or None (fresh run)
+    log_every: int = 10
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    hflip: bool = False
+    gradient_checkpointing: bool = False
+    allow_tf32: bool = True
+    num_workers: int = 0
+    trainable: Literal["unet"] = "unet"  # only the UNet is trained (VAE / text encoder frozen)
+    model_id: str | None = None  # id written to x2x_model.json; default derived from the output dir
+    progress: bool = True  # rich progress bar on the main process
+    prediction_type: str | None = None  # None = the base scheduler's
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic randomness and data order
+
+
+def _step_seed(seed: int, *parts: int) -> int:
+    state = np.random.SeedSequence([seed, *parts]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class _SampleStream:
+    """The infinite, seeded sample order: position p -> (row index, flip) for epoch p // n."""
+
+    def __init__(self, n: int, seed: int, hflip: bool) -> None:
+        self.n, self.seed, self.hflip = n, seed, hflip
+        self._epoch = -1
+        self._perm = np.arange(n)
+        self._flips = np.zeros(n, dtype=bool)
+
+    def item(self, position: int) -> tuple[int, bool]:
+        epoch, within = divmod(position, self.n)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = rng.permutation(self.n)
+            self._flips = (rng.random(self.n) < 0.5) if self.hflip else np.zeros(self.n, dtype=bool)
+            self._epoch = epoch
+        return int(self._perm[within]), bool(self._flips[within])
+
+
+class _MicroBatches:
+    """Batch sampler yielding the micro-batches of optimizer steps [start, end) for one process."""
+
+    def __init__(self, stream: _SampleStream, *, batch: int, accum: int, nproc: int, rank: int,
+                 start: int, end: int) -> None:
+        self.stream, self.batch, self.accum, self.nproc, self.rank = stream, batch, accum, nproc, rank
+        self.start, self.end = start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start) * self.accum
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for step in range(self.start, self.end):
+            for micro in range(self.accum):
+                g = (step * self.accum + micro) * self.nproc + self.rank
+                yield [self.stream.item(g * self.batch + j) for j in range(self.batch)]
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_laterality_words(text: str) -> str:
+    """'left' <-> 'right' (case kept): the instruction that matches a horizontally flipped image."""
+
+    def swap(m: re.Match[str]) -> str:
+        word = m.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.capitalize() if word[0].isupper() else other
+
+    return _SIDE.sub(swap, text)
+
+
+def load_gray(path: Path, resolution: int) -> np.ndarray:
+    """8/16-bit grayscale PNG -> float32 (res, res) in [0, 1] (bilinear resize when needed)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+        if arr.ndim == 3:  # an RGB(A) export of a grayscale image: take luminance
+            arr = np.asarray(im.convert("L"))
+        scale = 65535.0 if arr.dtype == np.uint16 else 255.0
+        img = arr.astype(np.float32) / scale
+    if img.shape != (resolution, resolution):
+        img = np.asarray(
+            Image.fromarray(img, mode="F").resize((resolution, resolution), Image.Resampling.BILINEAR)
+        )
+    return img
+
+
+class PairDataset:
+    """(past image, current image, instruction) triples as 3-channel tensors in [-1, 1]."""
+
+    def __init__(self, dataset_dir: Path, samples: list[Sample], resolution: int, tokenizer: Any) -> None:
+        self.dir, self.samples, self.resolution, self.tokenizer = dataset_dir, samples, resolution, tokenizer
+        missing = [
+            d for s in samples for d in (s.past_dicom_id, s.current_dicom_id)
+            if not image_path(dataset_dir, d).exists()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) missing under {dataset_dir}/images, e.g. {missing[0]}.png"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
+        import torch
+
+        index, flip = key
+        s = self.samples[index]
+        past = load_gray(image_path(self.dir, s.past_dicom_id), self.resolution)
+        current = load_gray(image_path(self.dir, s.current_dicom_id), self.resolution)
+        text = s.instruction
+        if flip:
+            past, current = past[:, ::-1], current[:, ::-1]
+            text = swap_laterality_words(text)
+
+        def to_tensor(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(a) * 2.0 - 1.0)
+            return t.unsqueeze(0).expand(3, -1, -1)  # grayscale replicated to RGB
+
+        return {"past": to_tensor(past), "current": to_tensor(current), "text": text}
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids = self.tokenizer(
+            [it["text"] for it in items], max_length=_max_length(self.tokenizer), padding="max_length",
+            truncation=True, return_tensors="pt",
+        ).input_ids
+        return {
+            "past": torch.stack([it["past"] for it in items]).contiguous(),
+            "current": torch.stack([it["current"] for it in items]).contiguous(),
+            "input_ids": ids,
+        }
+
+
+def _max_length(tokenizer: Any) -> int:
+    n = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    return 77 if n > 10_000 else n  # transformers 5 reports 1e30 when the config does not say
+
+
+# --------------------------------------------------------------------------------------------------
+# Model pieces
+
+
+@dataclass
+class _Frozen:
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    empty_embedding: Any  # (1, L, D) embedding of "" (the dropped-text condition)
+    weight_dtype: Any
+
+
+def _load_frozen(base: Path, device: Any, weight_dtype: Any, prediction_type: str | None) -> _Frozen:
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(base), subfolder="tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(str(base), subfolder="text_encoder", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", local_files_only=True)
+    sched = DDPMScheduler.from_pretrained(str(base), subfolder="scheduler", local_files_only=True)
+    if prediction_type is not None:
+        sched.register_to_config(prediction_type=prediction_type)
+    for m in (vae, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device, dtype=weight_dtype)
+    with torch.no_grad():
+        ids = tokenizer([""], max_length=_max_length(tokenizer), padding="max_length", truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        empty = text_encoder(ids)[0]
+    return _Frozen(vae, text_encoder, tokenizer, sched, empty, weight_dtype)
+
+
+def vae_scale_factor(vae: Any) -> int:
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
+
+
+def _check_resolution(resolution: int, vae: Any, unet: Any) -> None:
+    unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    multiple = vae_scale_factor(vae) * unet_factor
+    if resolution % multiple:
+        raise ValueError(f"resolution {resolution} must be a multiple of {multiple} "
+                         f"(VAE factor {vae_scale_factor(vae)} x UNet downsampling {unet_factor})")
+
+
+def ip2p_loss(
+    unet: Any, frozen: _Frozen, batch: dict[str, Any], generator: torch.Generator, *,
+    conditioning_dropout: float, device: Any,
+) -> torch.Tensor:
+    """The IP2P training loss of one micro-batch; every random draw comes from `generator` (CPU)."""
+    import torch
+    import torch.nn.functional as F
+
+    dt = frozen.weight_dtype
+    current = batch["current"].to(device, dtype=dt, non_blocking=True)
+    past = batch["past"].to(device, dtype=dt, non_blocking=True)
+    bsz = current.shape[0]
+    vae, sched = frozen.vae, frozen.noise_scheduler
+    with torch.no_grad():
+        latents = vae.encode(current).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+        image_latents = vae.encode(past).latent_dist.mode()  # unscaled, as IP2P conditions on it
+        text = frozen.text_encoder(batch["input_ids"].to(device))[0]
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device, latents.dtype)
+    timesteps = torch.randint(0, sched.config.num_train_timesteps, (bsz,), generator=generator).to(device)
+    p = torch.rand(bsz, generator=generator).to(device)
+    if conditioning_dropout > 0:
+        # [0, p): text dropped; [p, 2p): both dropped; [2p, 3p): image dropped (IP2P paper, 5 % each)
+        drop_text = (p < 2 * conditioning_dropout).reshape(bsz, 1, 1)
+        text = torch.where(drop_text, frozen.empty_embedding.to(text.dtype), text)
+        keep_image = 1 - ((p >= conditioning_dropout) & (p < 3 * conditioning_dropout)).to(image_latents.dtype)
+        image_latents = image_latents * keep_image.reshape(bsz, 1, 1, 1)
+    noisy = sched.add_noise(latents, noise, timesteps)
+    if sched.config.prediction_type == "epsilon":
+        target = noise
+    elif sched.config.prediction_type == "v_prediction":
+        target = sched.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction type {sched.config.prediction_type!r}")
+    pred = unet(torch.cat([noisy, image_latents], dim=1), timesteps, text, return_dict=False)[0]
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# The training run
+
+
+def _resolve_accumulation(cfg: TrainConfig, nproc: int) -> int:
+    if cfg.gradient_accumulation_steps is not None:
+        return max(1, cfg.gradient_accumulation_steps)
+    per_step = cfg.train_batch_size * nproc
+    accum = max(1, round(cfg.effective_batch_size / per_step))
+    if accum * per_step != cfg.effective_batch_size:
+        log.warning("effective batch %d is not a multiple of %d (batch %d x %d processes): using %d",
+                    cfg.effective_batch_size, per_step, cfg.train_batch_size, nproc, accum * per_step)
+    return accum
+
+
+def _checkpoint_dirs(output_dir: Path) -> list[Path]:
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)
+             and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _resolve_resume(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        dirs = _checkpoint_dirs(Path(cfg.output_dir))
+        return dirs[-1] if dirs else None  # nothing to resume yet: start fresh
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).exists():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder (no {STATE_FILE})")
+    return path
+
+
+def _fingerprint(cfg: TrainConfig, accum: int, nproc: int, prediction_type: str, n_samples: int) -> dict:
+    d = {k: getattr(cfg, k) for k in _RESUME_KEYS if hasattr(cfg, k)}
+    d.update(gradient_accumulation_steps=accum, num_processes=nproc, prediction_type=prediction_type,
+             n_samples=n_samples)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _mixed_precision(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    if cfg.cpu or not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a fine-tuning run; returns the trained diffusers folder `<output_dir>/model`."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from diffusers import UNet2DConditionModel
+
+    if cfg.trainable != "unet":
+        raise ValueError("only trainable='unet' is supported: the VAE and text encoder stay frozen")
+    base, out = Path(cfg.base_model), Path(cfg.output_dir)
+    if not (base / "model_index.json").exists():
+        raise FileNotFoundError(f"{base} is not a diffusers folder (no model_index.json)")
+    if cfg.hflip:
+        warnings.warn("hflip=True: horizontal flips mirror the heart and swap left/right anatomy; the "
+                      "instruction's left/right words are swapped to match", stacklevel=2)
+    resume_dir = _resolve_resume(cfg)
+    precision = _mixed_precision(cfg)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu)
+    try:
+        return _run(cfg, accelerator, base, out, resume_dir, precision, torch, UNet2DConditionModel)
+    finally:
+        accelerator.free_memory()
+        AcceleratorState._reset_state()  # let a later train() in this process pick other settings
+
+
+def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: Path | None,
+         precision: str, torch: Any, unet_cls: Any) -> Path:
+    device = accelerator.device
+    nproc, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+    torch.manual_seed(cfg.seed)
+    unet = unet_cls.from_pretrained(str(base), subfolder="unet", local_files_only=True)
+    frozen = _load_frozen(base, device, weight_dtype, cfg.prediction_type)
+    _check_resolution(cfg.resolution, frozen.vae, unet)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    samples = read_samples(cfg.dataset_dir, split=cfg.split)
+    if not samples:
+        raise ValueError(f"no samples with split={cfg.split!r} in {cfg.dataset_dir}")
+    dataset = PairDataset(Path(cfg.dataset_dir), samples, cfg.resolution, frozen.tokenizer)
+    accum = _resolve_accumulation(cfg, nproc)
+    fingerprint = _fingerprint(cfg, accum, nproc, frozen.noise_scheduler.config.prediction_type, len(samples))
+
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+    )
+    ema = None
+    if cfg.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, model_cls=unet_cls, model_config=unet.config)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+
+    start_step = 0
+    if resume_dir is not None:
+        state = json.loads((resume_dir / STATE_FILE).read_text())
+        diff = {k: (state["fingerprint"].get(k), v) for k, v in fingerprint.items()
+                if state["fingerprint"].get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume {resume_dir} exactly: settings differ (checkpoint, now): {diff}")
+        accelerator.load_state(str(resume_dir))
+        start_step = int(state["step"])
+        log.info("resumed from %s at step %d", resume_dir, start_step)
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / LOG_FILE
+    if accelerator.is_main_process:
+        _truncate_log(log_path, start_step)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=_MicroBatches(_SampleStream(len(samples), cfg.seed, cfg.hflip), batch=cfg.train_batch_size,
+                                    accum=accum, nproc=nproc, rank=rank, start=start_step, end=cfg.max_steps),
+        collate_fn=dataset.collate, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+    )
+    effective = cfg.train_batch_size * accum * nproc
+    if accelerator.is_main_process:
+        log.info("training %d samples, steps %d..%d, effective batch %d (%d x %d x %d), %s, precision %s",
+                 len(samples), start_step, cfg.max_steps, effective, cfg.train_batch_size, accum, nproc,
+                 device, precision)
+
+    losses: list[float] = []
+    started = time.monotonic()
+    step = start_step
+    batches = iter(loader)
+    with _progress(cfg.progress and accelerator.is_main_process, start_step, cfg.max_steps) as advance:
+        while step < cfg.max_steps:
+            step_loss = torch.zeros((), device=device)
+            for micro in range(accum):
+                batch = next(batches)
+                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, micro, rank))
+                sync = accelerator.no_sync(unet) if (micro < accum - 1 and nproc > 1) else nullcontext()
+                with sync:
+                    loss = ip2p_loss(unet, frozen, batch, gen, conditioning_dropout=cfg.conditioning_dropout,
+                                     device=device)
+                    accelerator.backward(loss / accum)
+                step_loss += loss.detach() / accum
+            if cfg.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(unet.parameters())
+            step += 1
+            mean_loss = float(accelerator.reduce(step_loss, "mean").item() if nproc > 1 else step_loss.item())
+            losses.append(mean_loss)
+            advance(mean_loss)
+            if accelerator.is_main_process and (step % max(1, cfg.log_every) == 0 or step == cfg.max_steps):
+                _append_log(log_path, {"step": step, "loss": mean_loss, "lr": cfg.learning_rate,
+                                       "elapsed_s": round(time.monotonic() - started, 3)})
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
+                _save_checkpoint(accelerator, out, step, fingerprint, cfg.checkpoints_total_limit)
+
+    accelerator.wait_for_everyone()
+    model_dir = out / MODEL_DIR
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(final.parameters())
+            ema.copy_to(final.parameters())
+        _export(cfg, base, model_dir, final, summary={
+            "steps": step, "resumed_from_step": start_step if resume_dir else None,
+            "samples": len(samples), "split": cfg.split, "effective_batch_size": effective,
+            "train_batch_size": cfg.train_batch_size, "gradient_accumulation_steps": accum,
+            "num_processes": nproc, "learning_rate": cfg.learning_rate, "lr_schedule": "constant",
+            "mixed_precision": precision, "ema": cfg.use_ema, "hflip": cfg.hflip, "seed": cfg.seed,
+            "conditioning_dropout": cfg.conditioning_dropout,
+            "prediction_type": frozen.noise_scheduler.config.prediction_type,
+            "final_loss": losses[-1] if losses else None,
+            "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
+            "wall_s_this_run": round(time.monotonic() - started, 2),
+        })
+        if ema is not None:
+            ema.restore(final.parameters())
+    accelerator.wait_for_everyone()
+    return model_dir
+
+
+class _progress:
+    """A rich progress bar with the latest loss, or nothing (tests, other processes)."""
+
+    def __init__(self, enabled: bool, start: int, total: int) -> None:
+        self.enabled, self.start, self.total = enabled, start, total
+        self._bar: Any = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if not self.enabled:
+            return lambda loss: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             TextColumn("loss {task.fields[loss]}"))
+        self._bar.__enter__()
+        task = self._bar.add_task("train", total=self.total, completed=self.start, loss="-")
+        return lambda loss: self._bar.update(task, advance=1, loss=f"{loss:.4f}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the resume point, so the log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _save_checkpoint(accelerator: Any, out: Path, step: int, fingerprint: dict, limit: int | None) -> None:
+    ckpt = out / CHECKPOINTS_DIR / f"step-{step:07d}"
+    accelerator.save_state(str(ckpt))
+    if accelerator.is_main_process:
+        (ckpt / STATE_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint}, indent=2))
+        if limit:
+            for old in _checkpoint_dirs(out)[:-limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _export(cfg: TrainConfig, base: Path, model_dir: Path, unet: Any, summary: dict) -> None:
+    """The whole pipeline: trained UNet + the base's frozen components + x2x_model.json."""
+    index = json.loads((base / "model_index.json").read_text())
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    shutil.copy2(base / "model_index.json", model_dir / "model_index.json")
+    for name, spec in index.items():
+        if name.startswith("_") or name == "unet" or not isinstance(spec, list) or spec[0] is None:
+            continue
+        if (base / name).is_dir():
+            shutil.copytree(base / name, model_dir / name)
+    unet.save_pretrained(str(model_dir / "unet"), safe_serialization=True)
+    base_meta: dict = {}
+    if (base / "x2x_model.json").exists():
+        base_meta = json.loads((base / "x2x_model.json").read_text())
+    weights = (model_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    model_id = cfg.model_id or f"x2x-finetuned-{Path(cfg.output_dir).name}-{hashlib.sha256(weights).hexdigest()[:8]}"
+    meta = {
+        "model_id": model_id,
+        "kind": "finetuned",
+        "resolution": cfg.resolution,
+        "base_model": base_meta.get("model_id", base.name),
+        "trainable": cfg.trainable,
+        "training": {**summary, "dataset": str(cfg.dataset_dir)},
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        "warning": "Research model. Every image it produces is synthetic; not for diagnosis.",
+    }
+    (model_dir / "x2x_model.json").write_text(json.dumps(meta, indent=2))
+
+
+# --------------------------------------------------------------------------------------------------
+# A fixed-batch loss, for validation and tests
+
+
+def fixed_batch_loss(model_dir: str | Path, dataset_dir: str | Path, *, resolution: int,
+                     split: str | None = "train", max_samples: int = 8, seed: int = 1234,
+                     repeats: int = 4) -> float:
+    """Mean IP2P loss of a model's UNet on the first `max_samples` rows, with fixed noise and timesteps
+    and no conditioning dropout: comparable between checkpoints (lower = better fit)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    model_dir = Path(model_dir)
+    device = torch.device("cpu")
+    unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet", local_files_only=True)
+    unet.eval()
+    frozen = _load_frozen(model_dir, device, torch.float32, None)
+    samples = read_samples(dataset_dir, split=split)[:max_samples]
+    ds = PairDataset(Path(dataset_dir), samples, resolution, frozen.tokenizer)
+    batch = ds.collate([ds[(i, False)] for i in range(len(samples))])
+    total = 0.0
+    with torch.no_grad():
+        for r in range(repeats):
+            gen = torch.Generator().manual_seed(_step_seed(seed, r))
+            total += float(ip2p_loss(unet, frozen, batch, gen, conditioning_dropout=0.0, device=device))
+    return total / repeats
+
+
+def read_loss_log(output_dir: str | Path) -> list[dict]:
+    path = Path(output_dir) / LOG_FILE
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+__all__ = ["TrainConfig", "train", "fixed_batch_loss", "read_loss_log", "swap_laterality_words",
+           "vae_scale_factor"]
