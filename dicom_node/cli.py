@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dicom_node.cli_apps import app
 from dicom_node.commands import (  # noqa: F401  (imported to register their commands)
+    admin,
+    batch,
+    bench_edit,
     core,
+    edit,
+    jobs,
+    serve,
+    worker,
 )
 
 

@@ -51,6 +51,9 @@ class NodeConfig(_Section):
     maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
     allowed_calling_aes: list[str] = Field(default_factory=list, description="empty = accept any AE")
     study_quiet_seconds: float = Field(5.0, ge=0)
+    receiver_processes: int = Field(
+        0, ge=0, description="SCP processes sharing the port (SO_REUSEPORT); 1 = in-process, 0 = auto"
+    )
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
     @field_validator("ae_title")

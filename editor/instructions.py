@@ -31,6 +31,7 @@ __all__ = [
     "ParsedInstruction",
     "normalise_location",
     "normalise_severity",
+    "parse_finding_phrase",
     "parse_instruction",
 ]
 

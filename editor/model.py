@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if device.type == "cpu" and names[dtype] == torch.float16:
         log.warning("float16 on CPU is slow and imprecise; float32 is recommended")
     return names[dtype]
+
+
+def disable_progress_bars() -> None:
+    """No tqdm bars from diffusers / transformers (command line and services)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -251,7 +261,9 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     try:
-        pipe = _load_pipeline(p, torch_dtype, single_file_config)
+        with warnings.catch_warnings():  # diffusers >= 0.36 renamed torch_dtype; older ones need it
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = _load_pipeline(p, torch_dtype, single_file_config)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError) as exc:

@@ -72,7 +72,7 @@ _LUNG_FIELDS = ("lung",)
 
 _ENTRIES: tuple[FindingInfo, ...] = (
     _f("pleural effusion", ("effusion", "pleural fluid", "hydrothorax"), ("60046008", "Pleural effusion"),
-       "Effusion", ("lower_zone", "cp_angle", "lateral_margin")),
+       "Effusion", ("lower_zone", "cp_angle")),
     _f("atelectasis", ("atelectases", "atelectatic change", "collapse"), ("46621007", "Atelectasis"),
        "Atelectasis", _LUNG_FIELDS),
     _f("cardiomegaly", ("enlarged heart", "heart enlargement", "cardiac enlargement"),
@@ -122,7 +122,9 @@ _ENTRIES: tuple[FindingInfo, ...] = (
        ("chest_wall",)),  # general code
     _f("hydropneumothorax", (), _G, "Hydropneumothorax", ("apex", "lateral_margin", "lower_zone", "cp_angle")),
     _f("infection", ("infectious process",), _G, "Infection", _LUNG_FIELDS),  # general code
-    _f("air collection", ("free air",), _G, "Air Collection", ("subdiaphragm", "apex")),  # general code
+    # Free air can be anywhere (under the diaphragm, pleural, mediastinal): deliberately no region table
+    # entry, so editor/regions.py falls back to lungs + heart and records that it did.
+    _f("air collection", ("free air",), _G, "Air Collection", ()),  # general code
 )
 
 FINDINGS: dict[str, FindingInfo] = {info.name: info for info in _ENTRIES}

@@ -20,6 +20,10 @@ def configure_celery(settings: Settings) -> Celery:
     global _configured_for
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     broker, backend = settings.broker_url, settings.result_backend
+    if _configured_for is not None and _configured_for != (broker, backend):
+        # connection and producer pools are cached per app: drop them so the new broker is used
+        # (several configurations in one process happen in tests and embedding code)
+        celery_app._after_fork()
     celery_app.conf.update(
         broker_url=broker,
         result_backend=backend,
@@ -42,11 +46,20 @@ def configure_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     if broker.startswith("sqla+"):
-        # The SQLAlchemy transport polls; keep latency low for an interactive node.
-        celery_app.conf.broker_transport_options = {"polling_interval": 0.2}
+        # kombu's SQLAlchemy transport hands every transport option to create_engine(), so only engine
+        # arguments go here: wait for SQLite's write lock instead of failing under concurrent writers.
+        celery_app.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
+        # ... and its poll interval (1 s by default) is a class attribute: poll faster for a
+        # responsive node (an empty poll is one indexed SELECT on a local file).
+        from kombu.transport.sqlalchemy import Transport
+
+        Transport.polling_interval = 0.2
     _configured_for = (broker, backend)
     return celery_app
 
 
-def is_configured() -> bool:
-    return _configured_for is not None
+def ensure_configured(settings: Settings) -> Celery:
+    """Configure the app unless it already points at this configuration's broker and backend."""
+    if _configured_for != (settings.broker_url, settings.result_backend):
+        configure_celery(settings)
+    return celery_app

@@ -42,7 +42,7 @@ from dicom_node.jobs.store import (
 log = logging.getLogger("x2x.jobs.leases")
 
 IN_PROGRESS = (EDITING, ENCODING, SENDING)
-CLAIMABLE = (RECEIVED, QUEUED, FAILED)
+CLAIMABLE = (RECEIVED, QUEUED)
 
 
 class JobLease(Base):
@@ -114,7 +114,8 @@ def claim(store: JobStore, job_id: int, me: WorkerIdentity) -> bool:
     """Atomically move a claimable job to 'editing' and take its lease; False if someone else has it."""
     now = utcnow()
     with store.session() as s:
-        due = or_(Job.state != FAILED, Job.next_attempt_at.is_(None), Job.next_attempt_at <= now)
+        # an early duplicate of a delayed retry must not start it before its time (1 s clock slack)
+        due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now + dt.timedelta(seconds=1))
         result = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.state.in_(CLAIMABLE), due)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import update
 
 from dicom_node.context import NodeContext
-from dicom_node.jobs.celery_app import celery_app, configure_celery, is_configured
+from dicom_node.jobs.celery_app import celery_app, ensure_configured
 from dicom_node.jobs.store import DEAD_LETTER, FAILED, QUEUED, RECEIVED, Job, utcnow
 
 log = logging.getLogger("x2x.jobs.queue")
@@ -33,8 +33,7 @@ def mark_queued(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> bool:
 
 
 def send_task(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> None:
-    if not is_configured():
-        configure_celery(ctx.settings)
+    ensure_configured(ctx.settings)
     from dicom_node.jobs.tasks import run_job_task
 
     run_job_task.apply_async(
@@ -53,8 +52,7 @@ def enqueue_with_celery(ctx: NodeContext, job_id: int, countdown: float = 0.0) -
 
 
 def broker_reachable(ctx: NodeContext, timeout: float = 3.0) -> tuple[bool, str]:
-    if not is_configured():
-        configure_celery(ctx.settings)
+    ensure_configured(ctx.settings)
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
@@ -67,8 +65,7 @@ def active_workers(ctx: NodeContext, timeout: float = 1.0) -> list[str] | None:
     """Names of workers answering a ping; None where the broker has no broadcast (embedded SQLite)."""
     if ctx.settings.broker_url.startswith("sqla+"):
         return None
-    if not is_configured():
-        configure_celery(ctx.settings)
+    ensure_configured(ctx.settings)
     try:
         replies: list[dict[str, Any]] = celery_app.control.ping(timeout=timeout) or []
     except Exception:

@@ -45,7 +45,7 @@ def run_job_task(job_id: int) -> dict[str, Any]:
         job = ctx.store.get(job_id)
         log.info("job %s not claimable (state %s): nothing to do", job_id, job.state if job else "missing")
         return {"job_id": job_id, "claimed": False}
-    from dicom_node.jobs import dispatch
+    from dicom_node.jobs.dispatch import enqueue
     from dicom_node.jobs.pipeline import run_job
 
     log.info("job %s claimed by %s", job_id, me.worker_id)
@@ -68,14 +68,14 @@ def run_job_task(job_id: int) -> dict[str, Any]:
     finally:
         leases.release(ctx.store, job_id, me)
     if retry_in is not None:
-        dispatch.enqueue(ctx, job_id, countdown=retry_in)
+        enqueue(ctx, job_id, countdown=retry_in)
     log.info("job %s attempt ended: %s", job_id, state)
     return {"job_id": job_id, "claimed": True, "state": state, "retry_in": retry_in}
 
 
 def sweep_once(ctx: NodeContext) -> list[int]:
     """Re-enqueue jobs whose worker is gone and queued jobs whose message was lost; returns their ids."""
-    from dicom_node.jobs import dispatch
+    from dicom_node.jobs.dispatch import enqueue
 
     q = ctx.settings.queue
     requeued: list[int] = []
@@ -91,7 +91,7 @@ def sweep_once(ctx: NodeContext) -> list[int]:
             continue
         log.warning("recovering job %s (was %s; its worker is gone or its message was lost)",
                     job_id, job.state)
-        dispatch.enqueue(ctx, job_id)
+        enqueue(ctx, job_id)
         requeued.append(job_id)
     return requeued
 

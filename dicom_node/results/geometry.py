@@ -51,6 +51,29 @@ def patient_orientation(ds: Dataset) -> tuple[str, str] | None:
     return (row, col)
 
 
+def _letters(vector: tuple[float, float, float]) -> str:
+    """Patient-orientation letters of a direction cosine, most significant first (C.7.6.1.1.1)."""
+    names = (("L", "R"), ("P", "A"), ("H", "F"))
+    order = sorted(range(3), key=lambda i: -abs(vector[i]))
+    return "".join(names[i][0 if vector[i] > 0 else 1] for i in order if abs(vector[i]) > 1e-3)
+
+
+def orientation_labels(ds: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation, else derived from Image Orientation (Patient); None when neither exists
+    (then the objects carry an empty Patient Orientation: unknown, never guessed)."""
+    labels = patient_orientation(ds)
+    if labels is not None:
+        return labels
+    iop = ds.get("ImageOrientationPatient")
+    try:
+        row = tuple(float(v) for v in iop[:3])  # type: ignore[index]
+        col = tuple(float(v) for v in iop[3:6])  # type: ignore[index]
+    except (TypeError, ValueError):
+        return None
+    row_letters, col_letters = _letters(row), _letters(col)  # type: ignore[arg-type]
+    return (row_letters, col_letters) if row_letters and col_letters else None
+
+
 def metadata_copy(source: Dataset) -> Dataset:
     """The source without pixel data and without an invalid Pixel Spacing (highdicom would copy it)."""
     out = Dataset()
@@ -66,6 +89,11 @@ def metadata_copy(source: Dataset) -> Dataset:
 def _unit(letters: str) -> tuple[float, float, float]:
     # Oblique labels ("LF") combine letters; the first letter is the dominant direction (C.7.6.1.1.1).
     return _DIRECTIONS[letters[0]]
+
+
+def _orthogonal(labels: tuple[str, str]) -> bool:
+    row, col = _unit(labels[0]), _unit(labels[1])
+    return sum(a * b for a, b in zip(row, col, strict=True)) == 0
 
 
 @dataclass(frozen=True)
@@ -93,14 +121,13 @@ def plane_geometry(source: Dataset, new_frame_uid: str) -> PlaneGeometry:
         )
 
     notes = []
-    orientation = patient_orientation(source)
-    if orientation is None or _unit(orientation[0]) == _unit(orientation[1]) or (
-        sum(a * b for a, b in zip(_unit(orientation[0]), _unit(orientation[1]))) != 0
-    ):
+    labels = patient_orientation(source)
+    if labels is not None and _orthogonal(labels):
+        notes.append(f"orientation from Patient Orientation {labels[0]}\\{labels[1]}")
+        orientation = labels
+    else:
         orientation = ("L", "F")
         notes.append("orientation assumed L\\F (standard PA display): no usable Patient Orientation")
-    else:
-        notes.append(f"orientation from Patient Orientation {orientation[0]}\\{orientation[1]}")
     spacing = valid_spacing(source.get("ImagerPixelSpacing"))
     if spacing is not None:
         notes.append("spacing from Imager Pixel Spacing (detector plane, not magnification-corrected)")

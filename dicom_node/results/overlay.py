@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.display import display_image
-from dicom_node.results.geometry import metadata_copy, patient_orientation
+from dicom_node.results.geometry import metadata_copy, orientation_labels
 from dicom_node.results.provenance import PROJECT_NAME, contributing_equipment, mark_synthetic
 from editor.types import EditResult
 
@@ -42,6 +42,7 @@ def overlay_sc(
 ) -> Dataset:
     rgb = overlay_rgb(source_display(source, result), result.guidance)
     instruction = result.instruction.canonical()
+    labels = orientation_labels(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=metadata_copy(source),
         pixel_array=rgb,
@@ -53,10 +54,12 @@ def overlay_sc(
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=PROJECT_NAME,
-        patient_orientation=patient_orientation(source),
+        # highdicom insists on an orientation; an unknown one is emptied below, never guessed
+        patient_orientation=labels or ("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[contributing_equipment(result, institution_name)],
     )
+    sc.PatientOrientation = list(labels) if labels else None
     sc.ConversionType = "SYN"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"

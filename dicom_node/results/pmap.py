@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.codes import GUIDANCE_QUANTITY, UNITLESS
-from dicom_node.results.geometry import metadata_copy, patient_orientation, plane_geometry
+from dicom_node.results.geometry import metadata_copy, orientation_labels, plane_geometry
 from dicom_node.results.provenance import (
     PROJECT_NAME,
     contributing_equipment,
@@ -37,7 +37,13 @@ def parametric_map(
 ) -> Dataset:
     geometry = plane_geometry(source, frame_uid)
     ref = metadata_copy(source)
-    ref.FrameOfReferenceUID = geometry.frame_of_reference_uid  # highdicom copies the frame from here
+    # highdicom takes the frame (and its coordinate system) from the source images: hand it a metadata
+    # copy that carries the detector-plane geometry the map is defined in.
+    ref.FrameOfReferenceUID = geometry.frame_of_reference_uid
+    ref.ImagePositionPatient = list(geometry.plane_position[0].ImagePositionPatient)
+    ref.ImageOrientationPatient = list(geometry.plane_orientation[0].ImageOrientationPatient)
+    ref.PixelSpacing = list(geometry.pixel_measures[0].PixelSpacing)
+    ref.SliceThickness = geometry.pixel_measures[0].get("SliceThickness", 1.0)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="X2X_G",
         lut_explanation="InstructX2X guidance map G = region prior x relevance, 0..1",
@@ -50,19 +56,18 @@ def parametric_map(
     guidance = np.clip(np.asarray(result.guidance, dtype=np.float32), 0.0, 1.0)
     pm = hd.pm.ParametricMap(
         source_images=[ref],
-        pixel_array=guidance[None, ..., None],
+        pixel_array=guidance[None],
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=PROJECT_NAME,
         manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
-        software_versions=tuple(software_versions(result)),
+        software_versions=software_versions(result),  # type: ignore[arg-type]  # LO VM 1-n
         device_serial_number="none",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        window_center=0.5,
-        window_width=1.0,
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         transfer_syntax_uid=ExplicitVRLittleEndian,
         content_label="X2X_GUIDANCE",
         content_description=truncate(f"SYNTHETIC guidance map G: {result.instruction.canonical()}", 64),
@@ -75,7 +80,7 @@ def parametric_map(
         item.DimensionOrganizationUID = dimension_uid
     for item in pm.get("DimensionIndexSequence", []):
         item.DimensionOrganizationUID = dimension_uid
-    orientation = patient_orientation(source)
+    orientation = orientation_labels(source)
     if orientation is not None and "PatientOrientation" in pm:
         pm.PatientOrientation = list(orientation)
     mark_synthetic(

@@ -155,6 +155,9 @@ def mark_synthetic(
     Derivation Description + Source Image Sequence; patient / study attributes from the source."""
     copy_patient_study(source, ds)
     ds.SyntheticData = "YES"
+    # General Series: Laterality is conditional on a paired body part; naming the (unpaired) chest
+    # satisfies it without guessing a side. The node only edits chest radiographs (eligibility).
+    ds.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")
     ds.SeriesDescription = truncate(series_description, LO_MAX_CHARS)
     if general_image:
         ds.DerivationDescription = derivation_description(result, extra)

@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.results.geometry import metadata_copy, patient_orientation
+from dicom_node.results.geometry import metadata_copy, orientation_labels
 from dicom_node.results.provenance import PROJECT_NAME, contributing_equipment, mark_synthetic
 from editor.types import EditResult
 
@@ -66,6 +66,7 @@ def counterfactual_sc(
     pixels, bits_stored, signed = stored_pixels(source, result.counterfactual)
     bits_allocated = 8 if pixels.dtype == np.uint8 else 16
     instruction = result.instruction.canonical()
+    labels = orientation_labels(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=metadata_copy(source),
         pixel_array=pixels,
@@ -77,11 +78,13 @@ def counterfactual_sc(
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=PROJECT_NAME,
-        patient_orientation=patient_orientation(source),
+        # highdicom insists on an orientation; an unknown one is emptied below, never guessed
+        patient_orientation=labels or ("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[contributing_equipment(result, institution_name)],
     )
     # highdicom always writes DI and ...\OTHER; this is a synthesized image.
+    sc.PatientOrientation = list(labels) if labels else None
     sc.ConversionType = "SYN"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BitsStored = bits_stored
@@ -92,6 +95,8 @@ def counterfactual_sc(
     for keyword in _LUT_KEYWORDS:
         if keyword in source:
             sc[keyword] = source[keyword]
+    if "RescaleSlope" in sc and "RescaleType" not in sc:  # Type 1C in the SC Modality LUT module
+        sc.RescaleType = "HU" if source.get("Modality") == "CT" else "US"
     sc.ImageComments = SYNTHETIC_COMMENT + instruction
     mark_synthetic(sc, source, result, series_description=f"X2X counterfactual: {instruction}")
     return sc

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.codes import FINDING_CATEGORY, GENERIC_FINDING, finding_code
-from dicom_node.results.geometry import metadata_copy, patient_orientation
+from dicom_node.results.geometry import metadata_copy, orientation_labels
 from dicom_node.results.provenance import (
     PROJECT_NAME,
     algorithm_identification,
@@ -27,7 +27,9 @@ from editor.types import EditResult
 FRACTIONAL_MAX = 255
 
 
-def _segment(number: int, label: str, property_type: hd.sr.CodedConcept, result: EditResult) -> hd.seg.SegmentDescription:
+def _segment(
+    number: int, label: str, property_type: hd.sr.CodedConcept, result: EditResult
+) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=truncate(label, 64),
@@ -48,9 +50,11 @@ def binary_segments(result: EditResult) -> tuple[list[str], np.ndarray]:
 
 
 def _finish(seg: Dataset, source: Dataset, result: EditResult, description: str, extra: str) -> Dataset:
-    orientation = patient_orientation(source)
+    orientation = orientation_labels(source)
     if orientation is not None:
         seg.PatientOrientation = list(orientation)
+    elif "FrameOfReferenceUID" not in seg:
+        seg.PatientOrientation = None  # Type 2C: present, empty = unknown (never guessed)
     mark_synthetic(seg, source, result, series_description=description, extra=extra)
     return seg
 
@@ -89,7 +93,7 @@ def binary_seg(
         instance_number=1,
         manufacturer=PROJECT_NAME,
         manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
-        software_versions=tuple(software_versions(result)),
+        software_versions=software_versions(result),  # type: ignore[arg-type]  # LO VM 1-n
         device_serial_number="none",
         content_label="X2X_MASK",
         content_description=truncate(f"SYNTHETIC edit mask M: {result.instruction.canonical()}", 64),
@@ -130,7 +134,7 @@ def fractional_seg(
         instance_number=1,
         manufacturer=PROJECT_NAME,
         manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
-        software_versions=tuple(software_versions(result)),
+        software_versions=software_versions(result),  # type: ignore[arg-type]  # LO VM 1-n
         device_serial_number="none",
         content_label="X2X_GUIDANCE",
         content_description=truncate(f"SYNTHETIC guidance map G: {result.instruction.canonical()}", 64),

@@ -26,17 +26,20 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from editor.types import SourceImage
 
 PatientSide = Literal["left", "right"]
 Severity = Literal["small", "moderate", "large"]
 Zone = Literal["upper", "middle", "lower"]
 
 # Effusion fluid height as a fraction of the lung's height.
-EFFUSION_LEVEL: dict[str, float] = {"small": 0.13, "moderate": 0.26, "large": 0.42}
+EFFUSION_LEVEL: dict[str, float] = {"small": 0.07, "moderate": 0.2, "large": 0.36}
 SEVERITIES: tuple[Severity, ...] = ("small", "moderate", "large")
 NORMAL_CTR = (0.38, 0.46)
 ENLARGED_CTR = (0.56, 0.64)
@@ -153,7 +156,7 @@ def _vessels(p: Patient, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Vascular markings: faint rays fanning out from each hilum, fading toward the periphery."""
     rng = np.random.default_rng(p.vessel_seed)
     out = np.zeros_like(xx)
-    for img_side, sign in (("image_left", -1.0), ("image_right", 1.0)):
+    for sign in (-1.0, 1.0):  # image-left lung, image-right lung
         hx = p.cx + sign * (p.lung_offset - 0.45 * p.lung_half_width)
         hy = p.top + 0.5 * (p.base - p.top)
         for _ in range(12):
@@ -241,9 +244,11 @@ def render(p: Patient, f: Findings, size: int) -> np.ndarray:
         zone_index = {"upper": 0, "middle": 1, "lower": 2}[zone]
         lung_h = p.base - p.dome_height - p.top
         oy = p.top + lung_h * (zone_index + 0.5 + 0.3 * p.opacity_dy) / 3
-        ox = lx + 0.5 * p.lung_half_width * p.opacity_dx
+        lateral_sign = 1.0 if s == "image_right" else -1.0
+        # Lateral half of the lung, clear of the heart: a focal opacity that reads as parenchymal.
+        ox = lx + lateral_sign * p.lung_half_width * (0.3 + 0.25 * p.opacity_dx)
         blob = np.exp(-(((xx - ox) ** 2 + (yy - oy) ** 2) / p.opacity_radius**2) * 1.5)
-        img = img + 0.3 * blob * ndimage.gaussian_filter(lungs[s].astype(np.float64), 1.0)
+        img = img + 0.3 * blob * lungs[s] * (1 - heart)
 
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
@@ -322,8 +327,10 @@ def sample_pair(rng: np.random.Generator) -> PairSpec:
             current = replace(background, effusion={**background.effusion, side: SEVERITIES[b]})
             return PairSpec(past, current, "change", "pleural effusion", side,
                             level_from=SEVERITIES[a], level_to=SEVERITIES[b])
-        severity = SEVERITIES[int(rng.integers(0, 3))]
-        with_finding = replace(background, effusion={**background.effusion, side: severity})  # type: ignore[dict-item]
+        drawn = SEVERITIES[int(rng.integers(0, 3))]
+        with_finding = replace(background, effusion={**background.effusion, side: drawn})
+        # A third of the sentences name no severity ("Add the finding of left pleural effusion.").
+        severity = drawn if rng.random() < 0.67 else None
         name = "pleural effusion"
     elif kind == "cardiomegaly":
         with_finding = replace(background, cardiomegaly=True)
@@ -397,37 +404,56 @@ def _split_for(seed: int, index: int) -> str:
     return SPLIT_FRACTIONS[-1][0]
 
 
-def write_dataset(out_dir: str | Path, *, n: int = 2000, size: int = 128, seed: int = 0) -> dict[str, object]:
-    """Write `n` pairs as MIMIC-EDIT-INSTRUCTION: instructions.csv + images/<id>.png + masks/<pair_id>.png."""
+def _write_pair(job: tuple[str, int, int, int]) -> tuple[dict[str, str], str]:
+    """Draw and write pair `index`; returns its CSV row and its "operation finding" label."""
     from PIL import Image
 
+    out_dir, seed, index, size = job
+    out = Path(out_dir)
+    pair = make_pair(seed, index, size)
+    Image.fromarray(pair.past).save(out / "images" / f"{pair.past_id}.png")
+    Image.fromarray(pair.current).save(out / "images" / f"{pair.current_id}.png")
+    Image.fromarray((pair.mask * 255).astype(np.uint8)).save(out / "masks" / f"{pair.pair_id}.png")
+    spec = pair.spec
+    severity = spec.severity or (f"{spec.level_from} to {spec.level_to}" if spec.level_from else "")
+    row = {
+        "split": _split_for(seed, index),
+        "current_dicom_id": pair.current_id,
+        "past_dicom_id": pair.past_id,
+        "instruction": pair.instruction,
+        "location": _location_words(spec),
+        "severity": severity,
+        "pair_id": pair.pair_id,
+    }
+    return row, f"{spec.operation} {spec.finding}"
+
+
+CSV_COLUMNS = ("split", "current_dicom_id", "past_dicom_id", "instruction", "location", "severity", "pair_id")
+
+
+def write_dataset(out_dir: str | Path, *, n: int = 2000, size: int = 128, seed: int = 0,
+                  workers: int = 1) -> dict[str, object]:
+    """Write `n` pairs in the MIMIC-EDIT-INSTRUCTION layout (instructions.csv + images/<id>.png) plus
+    masks/<pair_id>.png (ground-truth change) and phantoms.json. Same seed, same files, any `workers`."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out), seed, i, size) for i in range(n)]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_write_pair, jobs, chunksize=32))
+    else:
+        results = [_write_pair(job) for job in jobs]
     counts: Counter[str] = Counter()
-    rows = []
-    for pair in iter_pairs(seed, n, size):
-        Image.fromarray(pair.past).save(out / "images" / f"{pair.past_id}.png")
-        Image.fromarray(pair.current).save(out / "images" / f"{pair.current_id}.png")
-        Image.fromarray((pair.mask * 255).astype(np.uint8)).save(out / "masks" / f"{pair.pair_id}.png")
-        split = _split_for(seed, int(pair.pair_id.rsplit("-", 1)[1]))
-        spec = pair.spec
-        severity = spec.severity or (f"{spec.level_from} to {spec.level_to}" if spec.level_from else "")
-        rows.append({
-            "split": split,
-            "current_dicom_id": pair.current_id,
-            "past_dicom_id": pair.past_id,
-            "instruction": pair.instruction,
-            "location": _location_words(spec),
-            "severity": severity,
-            "pair_id": pair.pair_id,
-        })
-        counts[f"{spec.operation} {spec.finding}"] += 1
-        counts[f"split {split}"] += 1
-    with (out / "instructions.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["split"])
+    for row, label in results:
+        counts[label] += 1
+        counts[f"split {row['split']}"] += 1
+    with (out / "instructions.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(row for row, _ in results)
     summary: dict[str, object] = {
         "kind": "x2x-phantoms",
         "seed": seed,
@@ -439,3 +465,16 @@ def write_dataset(out_dir: str | Path, *, n: int = 2000, size: int = 128, seed: 
     }
     (out / "phantoms.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def to_source_image(pixels: np.ndarray) -> SourceImage:
+    """A phantom as the editor's input: 8-bit MONOCHROME2, PA view, rows toward the patient's left."""
+    from editor.types import SourceImage
+
+    return SourceImage(
+        pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
+        photometric="MONOCHROME2",
+        bits_stored=8,
+        patient_orientation=("L", "F"),
+        view_position="PA",
+    )

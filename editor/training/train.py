@@ -252,7 +252,9 @@ def _load_frozen(base: Path, device: Any, weight_dtype: Any, prediction_type: st
     for m in (vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
-        m.to(device, dtype=weight_dtype)
+        m.to(device)
+        if weight_dtype != torch.float32:  # frozen parts run in the mixed-precision dtype
+            m.to(dtype=weight_dtype)
     with torch.no_grad():
         ids = tokenizer([""], max_length=_max_length(tokenizer), padding="max_length", truncation=True,
                         return_tensors="pt").input_ids.to(device)

@@ -1,0 +1,110 @@
+"""The dashboard: one self-contained HTML page (no CDN; works offline).
+
+Rows are rendered on the server so the page is complete without JavaScript; a small script then
+refreshes the table from `GET /jobs` every few seconds.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from dicom_node.api.app import job_view
+from dicom_node.context import NodeContext
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:16px;background:#f6f7f9;color:#222}
+h1{font-size:20px;margin:0 0 4px}.sub{color:#666;margin-bottom:12px}
+.banner{background:#8b0000;color:#fff;padding:6px 10px;font-weight:600;border-radius:4px;margin-bottom:12px}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border-bottom:1px solid #ddd;padding:6px 8px;text-align:left;vertical-align:top;font-size:13px}
+th{background:#eef0f3}.state{font-weight:600;padding:2px 6px;border-radius:3px}
+.done{background:#d8f5d8}.failed,.dead-letter{background:#f9d6d6}.cancelled{background:#e5e5e5}
+.queued,.received{background:#fff3c4}.editing,.encoding,.sending{background:#d6e6fb}
+.thumbs{display:flex;gap:6px}.thumb{text-align:center;font-size:11px;color:#555}
+.thumb img,.ph{width:120px;height:120px;object-fit:contain;background:#111;display:block}
+.ph{display:flex;align-items:center;justify-content:center;color:#888;background:#333}
+.syn{color:#b00;font-weight:700}.uid{font-family:monospace;font-size:11px;color:#555}
+.err{color:#a00;font-size:12px;max-width:280px;overflow-wrap:anywhere}
+"""
+
+_SCRIPT = """
+const KINDS=[["source","source",false],["counterfactual","counterfactual",true],["overlay","guidance overlay",true]];
+const ENT={"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"};
+function esc(s){return String(s??"").replace(/[&<>"']/g,c=>ENT[c]);}
+function secs(t){if(!t)return"";return Object.entries(t).filter(([k,v])=>typeof v==="number")
+  .map(([k,v])=>esc(k)+" "+v.toFixed(1)+" s").join("<br>");}
+function thumb(j,k,label,syn){return '<div class="thumb"><img alt="'+label+'" src="'+j.previews[k]+'?u='+
+  encodeURIComponent(j.updated_at)+'" onerror="this.outerHTML=\\'<div class=ph>no '+label+'</div>\\'">'+
+  label+(syn?' <span class="syn">SYNTHETIC</span>':'')+'</div>';}
+function row(j){return '<tr class="job" data-job-id="'+j.id+'" data-state="'+esc(j.state)+'"><td>'+j.id+
+  '</td><td><span class="state '+esc(j.state)+'">'+esc(j.state)+'</span><br>attempts '+j.attempts+
+  (j.last_error?'<div class="err">'+esc(j.last_error)+'</div>':'')+'</td><td>'+esc(j.instruction)+
+  '<div class="uid">study '+esc(j.study_instance_uid)+'</div></td><td>'+esc(j.created_at)+'</td><td>'+
+  secs(j.timings)+'</td><td><div class="thumbs">'+KINDS.map(([k,l,s])=>thumb(j,k,l,s)).join("")+
+  '</div></td></tr>';}
+async function refresh(){try{const r=await fetch("/jobs?limit=50");if(!r.ok)return;const d=await r.json();
+  document.getElementById("rows").innerHTML=d.jobs.map(row).join("")||'<tr><td colspan=6>no jobs yet</td></tr>';
+  document.getElementById("counts").textContent=Object.entries(d.counts).filter(([k,v])=>v)
+  .map(([k,v])=>k+": "+v).join("  ·  ");}catch(e){}}
+setInterval(refresh,3000);
+"""
+
+
+def _thumb(job: dict[str, Any], kind: str, label: str, synthetic: bool, present: bool) -> str:
+    tag = ' <span class="syn">SYNTHETIC</span>' if synthetic else ""
+    if present:
+        src = html.escape(f"{job['previews'][kind]}?u={job['updated_at']}")
+        img = f'<img alt="{label}" src="{src}">'
+    else:
+        img = f'<div class="ph">no {label}</div>'
+    return f'<div class="thumb">{img}{label}{tag}</div>'
+
+
+def _timings(timings: dict[str, Any] | None) -> str:
+    return "<br>".join(
+        f"{html.escape(str(k))} {v:.1f} s" for k, v in (timings or {}).items() if isinstance(v, (int, float))
+    )
+
+
+def _row(ctx: NodeContext, job: dict[str, Any]) -> str:
+    folder = ctx.settings.results_dir / str(job["id"])
+    thumbs = "".join(
+        _thumb(job, kind, label, synthetic, (folder / f"{kind}.png").is_file())
+        for kind, label, synthetic in (
+            ("source", "source", False),
+            ("counterfactual", "counterfactual", True),
+            ("overlay", "guidance overlay", True),
+        )
+    )
+    error = f'<div class="err">{html.escape(job["last_error"])}</div>' if job.get("last_error") else ""
+    state = html.escape(job["state"])
+    return (
+        f'<tr class="job" data-job-id="{job["id"]}" data-state="{state}"><td>{job["id"]}</td>'
+        f'<td><span class="state {state}">{state}</span><br>attempts {job["attempts"]}{error}</td>'
+        f'<td>{html.escape(job["instruction"])}<div class="uid">study '
+        f'{html.escape(job["study_instance_uid"])}</div></td>'
+        f"<td>{html.escape(str(job['created_at']))}</td><td>{_timings(job.get('timings'))}</td>"
+        f'<td><div class="thumbs">{thumbs}</div></td></tr>'
+    )
+
+
+def render_dashboard(ctx: NodeContext, limit: int = 50) -> str:
+    jobs = [job_view(j) for j in ctx.store.list(limit=limit)]
+    counts = ctx.store.count_by_state()
+    rows = "".join(_row(ctx, j) for j in jobs) or '<tr><td colspan=6>no jobs yet</td></tr>'
+    count_text = "  ·  ".join(f"{k}: {v}" for k, v in counts.items() if v)
+    node = ctx.settings.node
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>InstructX2X node — jobs</title>
+<style>{_STYLE}</style></head><body>
+<h1>InstructX2X DICOM node</h1>
+<div class="sub">AE {html.escape(node.ae_title)} · port {node.port} · <span id="counts">{html.escape(count_text)}</span>
+ · <a href="/docs">API docs</a> · <a href="/metrics">metrics</a></div>
+<div class="banner">Counterfactual images and guidance maps are SYNTHETIC research outputs — not for diagnosis.</div>
+<table><thead><tr><th>job</th><th>state</th><th>instruction / study</th><th>created (UTC)</th>
+<th>timings</th><th>source · counterfactual · guidance overlay</th></tr></thead>
+<tbody id="rows">{rows}</tbody></table>
+<script>const INITIAL={json.dumps(len(jobs))};{_SCRIPT}</script>
+</body></html>"""

@@ -1,0 +1,68 @@
+"""Readiness checks: spool writable, database reachable, broker reachable, model loadable or loaded."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+
+from dicom_node.context import NodeContext
+
+
+def _check_spool(ctx: NodeContext) -> dict[str, Any]:
+    # Write, fsync and remove a probe file: permission bits alone say nothing when running as root,
+    # and a read-only mount or a full disk only shows when something is written.
+    spool = ctx.settings.spool_dir
+    probe = spool / f".x2x-ready-{uuid.uuid4().hex}"
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+        return {"ok": True, "detail": str(spool)}
+    except OSError as exc:
+        return {"ok": False, "detail": f"spool {spool} not writable: {exc.strerror or exc}"}
+
+
+def _check_db(ctx: NodeContext) -> dict[str, Any]:
+    try:
+        with ctx.store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"ok": True, "detail": ctx.store.engine.url.render_as_string(hide_password=True)}
+    except Exception as exc:
+        return {"ok": False, "detail": f"database unreachable: {type(exc).__name__}"}
+
+
+def _check_broker(ctx: NodeContext) -> dict[str, Any]:
+    from dicom_node.jobs.queue import broker_reachable
+
+    ok, detail = broker_reachable(ctx)
+    return {"ok": ok, "detail": "reachable" if ok else f"broker unreachable: {detail}"}
+
+
+def _check_model(ctx: NodeContext) -> dict[str, Any]:
+    if ctx._editor is not None:
+        return {"ok": True, "detail": f"loaded: {getattr(ctx._editor, 'model_id', '?')}"}
+    path = ctx.settings.model.path
+    if path is None:
+        return {"ok": True, "detail": "loadable: default model (demo model, else tiny fixture)"}
+    if path.is_dir():
+        ok = (path / "model_index.json").is_file()
+    else:
+        ok = path.is_file() and path.suffix in (".ckpt", ".safetensors")
+    return {"ok": ok, "detail": f"{'loadable' if ok else 'missing or not a model'}: {path}"}
+
+
+def readiness(ctx: NodeContext) -> dict[str, dict[str, Any]]:
+    return {
+        "spool": _check_spool(ctx),
+        "database": _check_db(ctx),
+        "broker": _check_broker(ctx),
+        "model": _check_model(ctx),
+    }

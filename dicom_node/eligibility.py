@@ -1,0 +1,49 @@
+"""Which received instances the editor may touch: frontal chest radiographs only.
+
+Eligible: Modality CR or DX (or a CR/DX image SOP class when Modality is absent), Body Part Examined
+CHEST (or absent), View Position PA or AP (or absent), a single-channel image with pixel data.
+Everything else gets a short reason that is recorded and shown to the operator.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+# SOP classes of projection radiographs (CR, DX for presentation / processing).
+CR_DX_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+}
+FRONTAL_VIEWS = {"PA", "AP"}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return str(value).strip().upper() if value not in (None, "") else ""
+
+
+def skip_reason(ds: Dataset, *, has_pixel_data: bool = True) -> str | None:
+    """None when the instance is a frontal chest radiograph, else why it is skipped."""
+    modality = _text(ds, "Modality")
+    sop_class = str(ds.get("SOPClassUID", "")).strip()
+    if modality:
+        if modality not in ("CR", "DX"):
+            return f"modality {modality} is not CR/DX"
+    elif sop_class not in CR_DX_SOP_CLASSES:
+        return f"no Modality and SOP class {sop_class or '(none)'} is not CR/DX"
+    body_part = _text(ds, "BodyPartExamined")
+    if body_part and body_part != "CHEST":
+        return f"body part {body_part} is not CHEST"
+    view = _text(ds, "ViewPosition")
+    if view and view not in FRONTAL_VIEWS:
+        return f"view position {view} is not frontal (PA/AP)"
+    if not has_pixel_data:
+        return "no pixel data"
+    samples = ds.get("SamplesPerPixel", 1)
+    if samples not in (None, "") and int(samples) != 1:
+        return f"{samples} samples per pixel (colour); only greyscale radiographs are edited"
+    frames = ds.get("NumberOfFrames", 1)
+    if frames not in (None, "") and int(frames) > 1:
+        return f"{frames} frames; only single-frame radiographs are edited"
+    return None

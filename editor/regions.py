@@ -1,0 +1,312 @@
+"""The region prior: where an instruction's findings may appear on this image (ARCHITECTURE.md §3.4).
+
+prior = union over the instruction's findings of (finding -> anatomical regions, from the table in
+editor/vocabulary.py) on this image's anatomy (editor/anatomy.py), narrowed by location words:
+  * left / right are the *patient's* sides, placed on the image through `Orientation` (DICOM
+    PatientOrientation / ViewPosition) — never guessed from pixels; bilateral / none = both sides;
+  * upper / middle / lower / base / apical / retrocardiac / perihilar intersect the finding's regions
+    with that zone (or, when the two do not overlap, use the zone and say so).
+A finding whose regions are unknown or empty on this image falls back to lungs + heart, and the prior's
+source becomes "fallback" with a note naming the finding. Edges are soft (a small dilation + Gaussian)
+but the prior is exactly 0 a short distance outside the regions.
+
+Sources: "anatomy" (per image, above), "paper" (the research release's fixed 512x512
+`pseudo_mask_<Finding>.npy` files, resized to the image; location words are not applied, as in the
+paper), "none" (all ones, recorded as such).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from editor.anatomy import IMAGE_SIDES, Anatomy, Segmenter, dilate, erode, get_segmenter
+from editor.instructions import FindingSpec, ParsedInstruction
+from editor.orientation import Orientation
+from editor.vocabulary import FINDINGS, FindingInfo
+
+__all__ = ["SIDED_REGIONS", "RegionPrior", "build_prior", "paper_mask_path", "region_mask"]
+
+PriorSource = Literal["anatomy", "paper", "fallback", "none"]
+
+SIDED_REGIONS = frozenset({"lung", "upper_zone", "middle_zone", "lower_zone", "cp_angle", "apex", "hilum",
+                           "perihilar", "lateral_margin", "chest_wall", "subdiaphragm"})
+ZONE_REGIONS: dict[str, tuple[str, ...]] = {
+    "upper": ("upper_zone",),
+    "middle": ("middle_zone",),
+    "lower": ("lower_zone", "cp_angle"),
+    "base": ("lower_zone", "cp_angle"),
+    "apical": ("apex",),
+    "retrocardiac": ("retrocardiac",),
+    "perihilar": ("perihilar",),
+}
+FALLBACK_REGIONS = ("lung", "heart")
+
+
+@dataclass
+class RegionPrior:
+    mask: np.ndarray  # float32 [0, 1] on the given grid; max over per_finding
+    per_finding: dict[str, np.ndarray]  # canonical finding -> float32 prior
+    source: PriorSource
+    regions: list[str]
+    notes: list[str]
+    laterality: str
+    anatomy_quality: dict[str, Any] = field(default_factory=dict)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return int(max(shape))
+
+
+def region_mask(anatomy: Anatomy, region: str, image_side: str | None, orientation: Orientation) -> np.ndarray:
+    """Boolean mask of one named region; `image_side` only for SIDED_REGIONS ("image_left"/"image_right")."""
+    m = anatomy.masks
+    size = _size(anatomy.shape)
+    if region in SIDED_REGIONS:
+        if image_side not in IMAGE_SIDES:
+            raise ValueError(f"region {region!r} needs an image side, got {image_side!r}")
+        lung = m[f"lung_{image_side}"]
+        if region == "lung":
+            return lung.copy()
+        if region in ("upper_zone", "middle_zone", "lower_zone"):
+            return m[f"{region.split('_')[0]}_{image_side}"].copy()
+        if region == "cp_angle":  # fluid fills the angle beyond the dark lung's outline
+            return dilate(m[f"cp_angle_{image_side}"], 0.03 * size)
+        if region in ("apex", "hilum", "lateral_margin"):
+            return m[f"{region}_{image_side}"].copy()
+        if region == "perihilar":
+            hilum = m[f"hilum_{image_side}"]
+            return dilate(hilum, 0.06 * size) & (lung | hilum)
+        if region == "chest_wall":
+            return _lateral_ring(lung, image_side, 0.05 * size)
+        if region == "subdiaphragm":
+            return _base_band(lung, 0.05 * size)
+    heart = m["heart"]
+    if region == "heart":
+        return heart.copy()
+    if region == "heart_border":
+        return dilate(heart, 0.03 * size) & ~erode(heart, 0.03 * size)
+    if region == "mediastinum":
+        return m["mediastinum"].copy()
+    if region == "retrocardiac":
+        return _retrocardiac(anatomy, orientation)
+    if region == "spine":
+        h, w = heart.shape
+        lungs = anatomy.lungs()
+        rows = np.flatnonzero(lungs.any(axis=1))
+        mid = float(anatomy.quality.get("midline_x", 0.5)) * w
+        out = np.zeros((h, w), bool)
+        if rows.size:
+            out[rows[0]: rows[-1] + 1, max(0, int(mid - 0.04 * w)): int(mid + 0.04 * w) + 1] = True
+        return out
+    raise ValueError(f"unknown region {region!r}")
+
+
+def _lateral_ring(lung: np.ndarray, image_side: str, width: float) -> np.ndarray:
+    """Band just outside the lung on its lateral side (ribs / soft tissue of the chest wall)."""
+    ring = dilate(lung, width) & ~lung
+    cols = np.flatnonzero(lung.any(axis=0))
+    if cols.size == 0:
+        return ring
+    centre = (cols[0] + cols[-1]) / 2
+    cc = np.arange(lung.shape[1])[None, :]
+    return ring & ((cc < centre) if image_side == "image_left" else (cc > centre))
+
+
+def _base_band(lung: np.ndarray, half_height: float) -> np.ndarray:
+    """Band around the hemidiaphragm: within `half_height` rows of the lung's lowest pixel, per column."""
+    h, w = lung.shape
+    out = np.zeros((h, w), bool)
+    has = lung.any(axis=0)
+    lowest = np.where(has, h - 1 - np.argmax(lung[::-1], axis=0), -1)
+    rr = np.arange(h)[:, None]
+    out[:, has] = (np.abs(rr - lowest[None, :]) <= half_height)[:, has]
+    return out
+
+
+def _retrocardiac(anatomy: Anatomy, orientation: Orientation) -> np.ndarray:
+    """Behind the heart: its half on the patient's left plus the adjacent left lower lung."""
+    heart = anatomy.masks["heart"]
+    size = _size(heart.shape)
+    sides = [orientation.image_side("left")] if orientation.laterality_known else list(IMAGE_SIDES)
+    cols = np.flatnonzero(heart.any(axis=0))
+    centre = (cols[0] + cols[-1]) / 2 if cols.size else heart.shape[1] / 2
+    cc = np.arange(heart.shape[1])[None, :]
+    out = np.zeros_like(heart)
+    near_heart = dilate(heart, 0.04 * size)
+    for side in sides:
+        half = (cc >= centre) if side == "image_right" else (cc <= centre)
+        out |= (heart & half) | (anatomy.masks[f"lower_{side}"] & near_heart)
+    return out
+
+
+def _soften(mask: np.ndarray) -> np.ndarray:
+    """Soft edge: grow by ~1.5 % of the image, blur; 1 inside the region, exactly 0 well outside it."""
+    size = _size(mask.shape)
+    sigma = max(0.01 * size, 0.5)
+    soft = ndi.gaussian_filter(dilate(mask, 1.5 * sigma).astype(np.float32), sigma)
+    soft = np.maximum(soft, mask.astype(np.float32))
+    soft[soft < 0.02] = 0.0
+    return np.clip(soft, 0.0, 1.0).astype(np.float32)
+
+
+def _image_sides(spec: FindingSpec, orientation: Orientation, notes: list[str]) -> list[str]:
+    named = [s for s in ("left", "right") if s in spec.location]
+    if not named:
+        return list(IMAGE_SIDES)
+    if not orientation.laterality_known:
+        notes.append(f"{spec.name}: side '{named[0]}' cannot be placed on this image "
+                     f"({orientation.provenance}); used both sides")
+        return list(IMAGE_SIDES)
+    return [orientation.image_side(s) for s in named]  # type: ignore[arg-type]
+
+
+def _union(anatomy: Anatomy, regions: tuple[str, ...], sides: list[str], orientation: Orientation) -> np.ndarray:
+    out = np.zeros(anatomy.shape, bool)
+    for region in regions:
+        if region in SIDED_REGIONS:
+            for side in sides:
+                out |= region_mask(anatomy, region, side, orientation)
+        else:
+            out |= region_mask(anatomy, region, None, orientation)
+    return out
+
+
+def _anatomy_finding(anatomy: Anatomy, spec: FindingSpec, info: FindingInfo, orientation: Orientation,
+                     notes: list[str]) -> tuple[np.ndarray | None, str]:
+    """Boolean prior of one finding (None = no usable table entry) and a description of it."""
+    if not info.regions:
+        return None, f"{spec.name}: no region table entry"
+    sides = _image_sides(spec, orientation, notes)
+    base = _union(anatomy, info.regions, sides, orientation)
+    described = f"{spec.name}: {', '.join(info.regions)} on {', '.join(sides)}"
+    zones = [z for z in spec.location if z in ZONE_REGIONS]
+    if zones and base.any():
+        zone_regions = tuple(dict.fromkeys(r for z in zones for r in ZONE_REGIONS[z]))
+        zone = _union(anatomy, zone_regions, sides, orientation)
+        narrowed = base & dilate(zone, 0.03 * _size(anatomy.shape))
+        if narrowed.sum() >= 0.2 * max(int(zone.sum()), 1):
+            base = narrowed
+            described += f", narrowed to {' '.join(zones)}"
+        else:
+            base = zone
+            described += f"; location {' '.join(zones)} lies outside its usual regions: used the location"
+            notes.append(f"{spec.name}: location '{' '.join(zones)}' is outside the finding's usual regions; "
+                         f"used the location's regions")
+    if not base.any():
+        return None, f"{spec.name}: regions {', '.join(info.regions)} are empty on this image"
+    return base, described
+
+
+def paper_mask_path(paper_dir: str | Path, info: FindingInfo) -> Path:
+    return Path(paper_dir) / f"pseudo_mask_{info.paper_mask_name}.npy"
+
+
+def _load_paper_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    arr = np.load(path, allow_pickle=False).astype(np.float32)
+    if arr.ndim == 3:  # (H, W, 1) or (1, H, W)
+        arr = arr.squeeze()
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D mask, got shape {arr.shape}")
+    if arr.max() > 1.0:  # masks saved as 0/255
+        arr = arr / float(arr.max())
+    resized = np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
+def _laterality_text(parsed: ParsedInstruction, orientation: Orientation) -> str:
+    placed = []
+    for spec in parsed.findings:
+        for side in ("left", "right"):
+            if side in spec.location:
+                where = orientation.image_side(side) if orientation.laterality_known else "both image sides"
+                placed.append(f"{spec.name}: patient {side} -> {where}")
+        if "bilateral" in spec.location:
+            placed.append(f"{spec.name}: bilateral -> both image sides")
+    head = "; ".join(placed) if placed else "no side given: both image sides"
+    return f"{head} ({orientation.provenance})"
+
+
+def build_prior(
+    image01: np.ndarray,
+    parsed: ParsedInstruction,
+    orientation: Orientation,
+    *,
+    source: Literal["anatomy", "paper", "none"] = "anatomy",
+    paper_dir: str | Path | None = None,
+    segmenter: Segmenter | None = None,
+) -> RegionPrior:
+    """Region prior for `parsed` on `image01` (Preprocessed.model_image: model grid, bone bright)."""
+    image = np.asarray(image01, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    laterality = _laterality_text(parsed, orientation)
+    if source == "none":
+        ones = np.ones(shape, np.float32)
+        return RegionPrior(ones, {n: ones for n in parsed.finding_names}, "none", ["whole image"],
+                           ["region prior disabled (prior='none'): the whole image may be edited"], laterality)
+    if source not in ("anatomy", "paper"):
+        raise ValueError(f"unknown prior source {source!r}")
+    if source == "paper" and paper_dir is None:
+        raise ValueError("prior='paper' needs paper_dir (a folder of pseudo_mask_<Finding>.npy files)")
+
+    notes: list[str] = []
+    regions: list[str] = []
+    anatomy: Anatomy | None = None
+
+    def get_anatomy() -> Anatomy:
+        nonlocal anatomy
+        if anatomy is None:
+            seg = segmenter or get_segmenter()
+            if orientation.patient_head_on_image_top:
+                anatomy = seg.segment(image)
+            else:  # segmenters expect head-up images
+                anatomy = seg.segment(np.flipud(image)).flipud()
+                notes.append("image is feet-up (PatientOrientation): segmented flipped and flipped back")
+            q = anatomy.quality
+            notes.append(f"anatomy: {q.get('method', '?')} ({q.get('segmenter', getattr(seg, 'name', '?'))})")
+            notes.extend(str(n) for n in q.get("notes", []))
+        return anatomy
+
+    per_finding: dict[str, np.ndarray] = {}
+    fell_back = False
+    for spec in parsed.findings:
+        info = FINDINGS[spec.name]
+        soft: np.ndarray | None = None
+        if source == "paper":
+            assert paper_dir is not None
+            path = paper_mask_path(paper_dir, info)
+            if path.is_file():
+                soft = _load_paper_mask(path, shape)
+                regions.append(f"{spec.name}: paper mask {path.name}")
+                if spec.location:
+                    notes.append(f"{spec.name}: location '{' '.join(spec.location)}' not applied to the paper mask")
+            else:
+                notes.append(f"{spec.name}: no paper mask {path.name} in {paper_dir}")
+        if soft is None and source == "anatomy":
+            binary, described = _anatomy_finding(get_anatomy(), spec, info, orientation, notes)
+            if binary is not None:
+                soft = _soften(binary)
+                regions.append(described)
+            else:
+                notes.append(described)
+        if soft is None:  # fallback: the whole lung and heart field, recorded
+            fell_back = True
+            anat = get_anatomy()
+            soft = _soften(anat.lungs() | anat.masks["heart"])
+            regions.append(f"{spec.name}: fallback lungs + heart")
+            notes.append(f"{spec.name}: fell back to lungs + heart")
+        previous = per_finding.get(spec.name)
+        per_finding[spec.name] = soft if previous is None else np.maximum(previous, soft)
+
+    mask = np.maximum.reduce(list(per_finding.values())).astype(np.float32)
+    final: PriorSource = "fallback" if fell_back else source
+    return RegionPrior(mask, per_finding, final, regions, notes, laterality,
+                       dict(anatomy.quality) if anatomy is not None else {})

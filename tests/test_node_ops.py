@@ -1,0 +1,283 @@
+"""Operations end to end with real processes: `x2x serve` (SCP + API + embedded Celery worker on the
+SQLite broker), `x2x worker` processes on a real redis-server, SIGKILL recovery, /metrics, the dashboard
+in headless Chromium, STOW-RS beside C-STORE.
+
+Jobs use the tiny random model with 1 step on 4x-downscaled copies of the real chest CR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from tests.conftest import free_port, require_tool
+from tests.support.chest_copies import chest_copy, write_chest_copies
+from tests.support.node import NodeProcess, run_node
+
+X2X = str(Path(sys.executable).with_name("x2x"))
+INSTRUCTION = "Add the finding of pleural effusion."
+NODE_TOML = f"""
+[requests]
+default_instruction = "{INSTRUCTION}"
+[edit]
+steps = 1
+"""
+RESULT_FILES = ["counterfactual.dcm", "fseg.dcm", "overlay.dcm", "pmap.dcm", "seg.dcm"]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def storescu(port: int, files: list[Path], called_ae: str = "X2X") -> None:
+    require_tool("storescu")
+    r = subprocess.run(["storescu", "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)],
+                       capture_output=True, env=dict(os.environ, TCP_NODELAY="1"), timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+
+
+def api(node: NodeProcess) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{node.api_port}", timeout=30)
+
+
+def token(node: NodeProcess) -> str:
+    return (node.var_dir / "api-token").read_text().strip()
+
+
+def wait_all_done(node: NodeProcess, n: int, timeout: float) -> list[dict]:
+    def done() -> list[dict] | None:
+        jobs = node.jobs()
+        bad = [j for j in jobs if j["state"] in ("failed", "dead-letter")]
+        assert not bad, f"failed jobs: {[(j['id'], j['last_error']) for j in bad]}"
+        return jobs if len(jobs) >= n and all(j["state"] == "done" for j in jobs) else None
+
+    return node.wait_for(done, timeout, f"{n} job(s) done")
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name + (f"{{{labels}}}" if labels else "")) + r" ([0-9.e+-]+)"
+    found = re.findall(r"^" + pattern + r"$", text, re.MULTILINE)
+    return sum(float(v) for v in found)
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(r"^" + re.escape(name) + r"(?:\{[^}]*\})? ([0-9.e+-]+)$", text,
+                                            re.MULTILINE))
+
+
+def stow(node: NodeProcess, ds: pydicom.Dataset) -> httpx.Response:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buf.getvalue()
+            + f"\r\n--{boundary}--\r\n".encode())
+    with api(node) as c:
+        return c.post("/dicomweb/studies", content=body, headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Authorization": f"Bearer {token(node)}"})
+
+
+# --- embedded: x2x serve alone ---------------------------------------------------------------------------
+def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
+    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
+) -> None:
+    files = write_chest_copies(chest_cr_path, tmp_path / "in", 10)
+    with run_node(tmp_path, NODE_TOML, model_dir=tiny_model_dir) as node:
+        with api(node) as c:
+            assert c.get("/readyz").status_code == 200, c.get("/readyz").text
+            before = c.get("/metrics").text
+        storescu(node.port, files)
+        stow_ds = chest_copy(chest_cr_path)
+        r = stow(node, stow_ds)
+        assert r.status_code == 200, r.text
+        jobs = wait_all_done(node, 11, timeout=300)
+        assert len(jobs) == 11
+
+        with api(node) as c:
+            listed = c.get("/jobs", params={"state": "done", "limit": 50}).json()
+            assert len(listed["jobs"]) == 11 and listed["counts"]["done"] == 11
+            after = c.get("/metrics").text
+            one = c.get(f"/jobs/{listed['jobs'][0]['id']}").json()
+        assert set(one["output_uids"]) == {"counterfactual", "seg", "fseg", "pmap", "overlay"}
+        assert one["timings"]["edit_s"] > 0
+        for job in jobs:
+            folder = node.var_dir / "results" / str(job["id"])
+            assert sorted(p.name for p in folder.glob("*.dcm")) == RESULT_FILES
+            assert (folder / "overlay.png").is_file()
+
+        # STOW-RS instance: a job exactly like the C-STORE ones, but from the web
+        by_origin = {j["origin"]: j for j in jobs}
+        assert set(by_origin) == {"dimse", "stow"}
+        stow_job, dimse_job = by_origin["stow"], by_origin["dimse"]
+        assert stow_job["sop_instance_uid"] == stow_ds.SOPInstanceUID
+        for field in ("instruction", "seed", "params", "model_hash", "state"):
+            assert stow_job[field] == dimse_job[field], field
+        assert [j["origin"] for j in jobs].count("dimse") == 10
+
+        # metrics moved with the work
+        assert metric(before, "x2x_jobs", 'state="done"') == 0
+        assert metric(after, "x2x_jobs", 'state="done"') == 11
+        assert metric(after, "x2x_edit_seconds_count") == 11 and metric(after, "x2x_edit_seconds_sum") > 0
+        assert metric_sum(after, "x2x_instances_received_total") - metric_sum(
+            before, "x2x_instances_received_total") == 11
+        assert metric(after, "x2x_studies_completed_total") - metric(before, "x2x_studies_completed_total") >= 11
+        assert metric(after, "x2x_queue_depth") == 0
+
+        # dashboard in headless Chromium: rows in the DOM, a screenshot
+        url = f"http://127.0.0.1:{node.api_port}/"
+        dom = chromium(tmp_path, url, "--dump-dom").stdout.decode()
+        rows = re.findall(r'<tr class="job" data-job-id="(\d+)" data-state="(\w[\w-]*)"', dom)
+        assert len(rows) == 11 and {state for _, state in rows} == {"done"}
+        assert dom.count("SYNTHETIC") >= 22
+        assert dom.count('/previews/counterfactual.png') == 11
+        shot = tmp_path / "dashboard.png"
+        chromium(tmp_path, url, f"--screenshot={shot}")
+        from PIL import Image
+
+        with Image.open(shot) as im:
+            assert im.size == (1280, 900)
+            assert len(set(im.convert("L").resize((64, 64)).getdata())) > 20, "screenshot is blank"
+        docs_img = Path(__file__).resolve().parents[1] / "docs" / "img"
+        docs_img.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, docs_img / "dashboard.png")
+
+
+def chromium(tmp_path: Path, url: str, *mode: str) -> subprocess.CompletedProcess[bytes]:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or require_tool("chromium")
+    profile = tmp_path / f"chromium-{uuid.uuid4().hex[:6]}"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+           "--window-size=1280,900", "--hide-scrollbars", "--virtual-time-budget=3000", *mode, url]
+    r = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return r
+
+
+# --- scale-out: redis + two x2x worker processes ----------------------------------------------------------
+@contextlib.contextmanager
+def redis_server(tmp_path: Path) -> Iterator[str]:
+    exe = require_tool("redis-server")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def start_worker(node: NodeProcess, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / f"{name}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([X2X, "-c", str(node.config_path), "worker", "--hostname", f"{name}@test"],
+                                stdout=fh, stderr=subprocess.STDOUT, env=node.env, start_new_session=True)
+    return proc, log
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wait_workers(node: NodeProcess, n: int, timeout: float = 90) -> None:
+    node.wait_for(lambda: len(node._rows("SELECT * FROM workers")) >= n, timeout, f"{n} worker(s) registered")
+
+
+def claims(logs: list[Path]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for log in logs:
+        out[log.stem] = [int(m) for m in re.findall(r"job (\d+) claimed by", log.read_text(errors="replace"))]
+    return out
+
+
+def test_redis_scale_out_two_workers_20_jobs_each_done_exactly_once(
+    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
+) -> None:
+    files = write_chest_copies(chest_cr_path, tmp_path / "in", 20)
+    with redis_server(tmp_path) as url:
+        toml = NODE_TOML + f'[queue]\nbroker_url = "{url}/0"\nresult_backend = "{url}/1"\nembedded_worker = false\n'
+        with run_node(tmp_path, toml, model_dir=tiny_model_dir) as node:
+            workers = [start_worker(node, tmp_path, f"worker{i}") for i in (1, 2)]
+            try:
+                wait_workers(node, 2)
+                status = subprocess.run([X2X, "-c", str(node.config_path), "status", "--json"], env=node.env,
+                                        capture_output=True, timeout=60)
+                assert status.returncode == 0, status.stderr.decode()
+                import json
+
+                info = json.loads(status.stdout)
+                assert info["queue"]["broker_reachable"] is True and len(info["workers"]["live"]) == 2
+                storescu(node.port, files)
+                jobs = wait_all_done(node, 20, timeout=400)
+            finally:
+                for proc, _ in workers:
+                    stop_process(proc)
+            per_worker = claims([log for _, log in workers])
+            all_claims = sorted(per_worker["worker1"] + per_worker["worker2"])
+            assert all_claims == sorted(j["id"] for j in jobs), f"each job claimed exactly once: {per_worker}"
+            assert per_worker["worker1"] and per_worker["worker2"], f"both workers worked: {per_worker}"
+            assert "claimed by" not in node.log_text(), "serve ran no worker (embedded_worker = false)"
+            for job in jobs:
+                assert sorted(p.name for p in (node.var_dir / "results" / str(job["id"])).glob("*.dcm")) \
+                    == RESULT_FILES
+
+
+# --- restart safety ------------------------------------------------------------------------------------
+def test_sigkill_worker_mid_edit_then_new_worker_completes_job_once(
+    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
+) -> None:
+    # Full-size image and many steps so that the edit lasts long enough to be killed in the middle.
+    src = tmp_path / "in" / "full.dcm"
+    src.parent.mkdir()
+    chest_copy(chest_cr_path, factor=1).save_as(src, enforce_file_format=True)
+    toml = NODE_TOML.replace("steps = 1", "steps = 60") + "[queue]\nembedded_worker = false\n"
+    with run_node(tmp_path, toml, model_dir=tiny_model_dir) as node:
+        first, first_log = start_worker(node, tmp_path, "victim")
+        wait_workers(node, 1)
+        storescu(node.port, [src])
+        node.wait_for(lambda: [j for j in node.jobs() if j["state"] == "editing"], 120, "the job to be editing")
+        time.sleep(0.5)
+        assert node.jobs()[0]["state"] == "editing", "edit finished too fast to test a kill mid-edit"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+        job_id = node.jobs()[0]["id"]
+        assert node.jobs()[0]["state"] == "editing"  # orphaned: nobody will finish it by itself
+        second, second_log = start_worker(node, tmp_path, "rescuer")
+        try:
+            jobs = wait_all_done(node, 1, timeout=300)
+        finally:
+            stop_process(second)
+        assert len(jobs) == 1 and jobs[0]["id"] == job_id
+        text = second_log.read_text()
+        assert f"recovering job {job_id}" in text and f"job {job_id} claimed by" in text
+        assert sorted(p.name for p in (node.var_dir / "results" / str(job_id)).glob("*.dcm")) == RESULT_FILES
+        assert not list((node.var_dir / "results" / str(job_id)).glob("*.tmp")), "no half-written outputs left"

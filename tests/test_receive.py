@@ -1,0 +1,189 @@
+"""The SCP through real clients: dcmtk echoscu/storescu/storescp and pynetdicom (TLS, statuses)."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, StoragePresentationContexts
+
+from tests.conftest import free_port, require_tool
+from tests.support.dicom_files import dataset_bytes, dcmtk_env, echoscu, renumbered_copy, store_statuses, storescu
+from tests.support.node import echo, run_node
+
+pytestmark = pytest.mark.integration
+
+
+def _pynetdicom_store(port: int, path: Path, *, calling_ae: str = "PYSCU", ssl_context=None) -> int:
+    """Send a file with pynetdicom (a file path is sent as its encoded data set, byte for byte)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, tls_args=(ssl_context, "") if ssl_context else None)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def test_echo_and_store_bytes_as_received(tmp_path, tiny_model_dir, chest_cr_path):
+    require_tool("storescu")
+    # What dcmtk storescu puts on the wire, as received bit-preserving by dcmtk's own storescp.
+    ref_dir = tmp_path / "storescp"
+    ref_dir.mkdir()
+    ref_port = free_port()
+    scp = subprocess.Popen(["storescp", "+B", "-od", str(ref_dir), str(ref_port)], env=dcmtk_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if echoscu(ref_port).returncode == 0:
+                break
+            time.sleep(0.1)
+        assert store_statuses(storescu(ref_port, chest_cr_path)) == ["Success"]
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    (reference,) = [p for p in ref_dir.iterdir() if p.is_file()]
+
+    with run_node(tmp_path, "", model_dir=tiny_model_dir) as node:
+        assert echoscu(node.port).returncode == 0
+        r = storescu(node.port, chest_cr_path)
+        assert r.returncode == 0 and store_statuses(r) == ["Success"]
+        ds = pydicom.dcmread(chest_cr_path, stop_before_pixels=True)
+        spooled = node.spool_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert spooled.exists()
+        assert dataset_bytes(spooled) == dataset_bytes(reference)
+        again = pydicom.dcmread(spooled)
+        assert again.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert again.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+        # pynetdicom sends a file's data set untouched: the spool holds exactly the file's data set
+        copy = renumbered_copy(chest_cr_path, tmp_path / "copy.dcm")
+        assert _pynetdicom_store(node.port, copy) == 0x0000
+        assert _pynetdicom_store(node.port, copy) == 0x0000  # duplicate: Success again, stored once
+        c = pydicom.dcmread(copy, stop_before_pixels=True)
+        target = node.spool_dir / c.StudyInstanceUID / c.SeriesInstanceUID / f"{c.SOPInstanceUID}.dcm"
+        assert dataset_bytes(target) == dataset_bytes(copy)
+        assert len(list(target.parent.iterdir())) == 1
+        node.wait_for(lambda: "1 duplicate" in node.log_text(), 10, "the duplicate to be logged")
+
+
+def test_unknown_calling_ae_rejected(tmp_path, tiny_model_dir):
+    cfg = '[node]\nallowed_calling_aes = ["GOODSCU"]\n'
+    with run_node(tmp_path, cfg, model_dir=tiny_model_dir,
+                  ready_check=lambda nd: echo(nd.port, calling_ae="GOODSCU")) as node:
+        assert echoscu(node.port, calling_ae="GOODSCU").returncode == 0
+        bad = echoscu(node.port, calling_ae="BADSCU")
+        assert bad.returncode != 0
+        assert "Rejected" in bad.stdout + bad.stderr or "reject" in (bad.stdout + bad.stderr).lower()
+        node.wait_for(lambda: "association rejected: calling AE 'BADSCU'" in node.log_text(), 10,
+                      "the rejection to be logged")
+        assert "not in node.allowed_calling_aes" in node.log_text()
+        assert node.echo() is False  # pynetdicom's default calling AE is not allowed either
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_pki(d: Path) -> None:
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "2", "-subj", "/CN=x2x-test-ca", cwd=d)
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN=x2x-test-{name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf", cwd=d)
+
+
+def test_tls_needs_the_right_client_certificate(tmp_path, tiny_model_dir, chest_cr_path):
+    require_tool("openssl")
+    pki = tmp_path / "pki"
+    _make_pki(pki)
+    cfg = f"""
+[node.tls]
+enabled = true
+cert_file = "{pki / 'server.pem'}"
+key_file = "{pki / 'server.key'}"
+ca_file = "{pki / 'ca.pem'}"
+require_client_cert = true
+"""
+
+    def client_ctx(with_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
+        ctx.check_hostname = False
+        if with_cert:
+            ctx.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+        return ctx
+
+    with run_node(tmp_path, cfg, model_dir=tiny_model_dir,
+                  ready_check=lambda nd: echo(nd.port, ssl_context=client_ctx(True))) as node:
+        assert echo(node.port, ssl_context=client_ctx(True)) is True
+        assert _pynetdicom_store(node.port, chest_cr_path, ssl_context=client_ctx(True)) == 0
+        assert echo(node.port, ssl_context=client_ctx(False)) is False  # no client certificate
+        assert echo(node.port) is False  # plain TCP
+        assert node.echo() is False
+        assert node.proc.poll() is None
+
+
+def test_disk_full_answers_out_of_resources_without_partial_files(tmp_path, tiny_model_dir, chest_cr_path,
+                                                                  pydicom_data_dir):
+    mnt = tmp_path / "tiny-spool"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; tests/test_spool.py covers ENOSPC with a failing writer")
+    try:
+        with run_node(tmp_path, "", {"X2X_PATHS__SPOOL_DIR": str(mnt)}, model_dir=tiny_model_dir) as node:
+            assert _pynetdicom_store(node.port, chest_cr_path) == 0xA700  # 7 MB into 1 MB
+            assert [p for p in mnt.rglob("*") if p.is_file() and p.suffix in (".dcm", ".part")] == []
+            small = Path(pydicom_data_dir) / "emri_small.dcm"  # ~10 kB still fits
+            assert _pynetdicom_store(node.port, small) == 0x0000
+            assert len([p for p in mnt.rglob("*.dcm")]) == 1
+            assert node.echo()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_every_corpus_file_gets_a_status_and_node_survives(tmp_path, tiny_model_dir, pydicom_data_dir):
+    files = sorted(Path(pydicom_data_dir).rglob("*.dcm"))
+    assert len(files) >= 60
+    answered, client_refused = {}, []
+    with run_node(tmp_path, "", model_dir=tiny_model_dir) as node:
+        for f in files:
+            r = storescu(node.port, f, timeout=60)
+            statuses = store_statuses(r)
+            if statuses:
+                answered[f.name] = statuses[0]
+            else:  # storescu could not read / propose the file: nothing reached the node
+                client_refused.append(f.name)
+            assert node.proc.poll() is None, f"node died on {f.name}"
+        assert node.echo()
+        assert echoscu(node.port).returncode == 0
+        stored = len(node.spool_files())
+    assert len(answered) >= len(files) - 10, client_refused
+    assert "Success" in answered.values()
+    assert stored == sum(1 for s in answered.values() if s == "Success")
+    print(f"{len(answered)} answered ({sum(s == 'Success' for s in answered.values())} Success), "
+          f"client could not send {len(client_refused)}: {client_refused}")
+
+
+def test_more_concurrent_associations_than_pynetdicoms_default(tmp_path, tiny_model_dir, chest_cr_path):
+    with run_node(tmp_path, "", model_dir=tiny_model_dir, receiver_processes=1) as node:
+        ae = AE(ae_title="MANY")
+        ae.requested_contexts = StoragePresentationContexts[:10]
+        assocs = [ae.associate("127.0.0.1", node.port) for _ in range(12)]
+        try:
+            assert all(a.is_established for a in assocs)
+        finally:
+            for a in assocs:
+                a.release()

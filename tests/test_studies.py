@@ -1,0 +1,215 @@
+"""Study completion, edit requests, eligibility and job creation (in-process and through `x2x serve`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_node.config import Rule, load_settings
+from dicom_node.context import build_context
+from dicom_node.edit_requests import write_private_block
+from dicom_node.spool import Spool
+from dicom_node.studies import INVALID_REQUEST, StudyTracker, create_jobs_for_study, study_record
+from tests.support.dicom_files import dcmtk_env, renumbered_copy, store_statuses, storescu
+from tests.support.node import run_node
+
+EFFUSION_RULE = """
+[[rules]]
+called_ae = "X2X_EFFUSION"
+instruction = "add the finding of pleural effusion"
+seed = 3
+"""
+
+
+def _ctx(tmp_path: Path, tiny_model_dir: Path):
+    s = load_settings(None)
+    s.paths.var_dir = tmp_path / "var"
+    s.model.path = tiny_model_dir
+    s.node.study_quiet_seconds = 0.2
+    s.rules = [Rule(called_ae="X2X_EFFUSION", instruction="add the finding of pleural effusion")]
+    return build_context(s)
+
+
+def _spool_copy(ctx, src: Path, dst_dir: Path, **attrs) -> pydicom.Dataset:
+    f = renumbered_copy(src, dst_dir / "x.dcm", **attrs)
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    Spool(ctx.settings.spool_dir).store(
+        f.read_bytes(), study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+        sop_uid=ds.SOPInstanceUID,
+    )
+    return ds
+
+
+# In-process ------------------------------------------------------------------------------------
+def test_tracker_completes_only_after_release_and_quiet_period(tmp_path, tiny_model_dir):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    tracker = StudyTracker(ctx, quiet_seconds=0.3)
+    tracker.instance_received("1.2.3", "1.2.3.4", "/x", "SCU", "X2X", "assoc-1")
+    time.sleep(0.4)
+    assert tracker.due() == []  # association still open
+    tracker.association_released("assoc-1")
+    assert tracker.due() == []  # quiet period runs from the release
+    time.sleep(0.35)
+    assert tracker.due() == ["1.2.3"]
+    tracker.instance_received("1.2.3", "1.2.3.5", "/y", "SCU", "X2X", None)
+    assert tracker.due() == []  # a new instance restarts the quiet period
+
+
+def test_rule_job_is_idempotent_and_params_match_editparams(tmp_path, tiny_model_dir, chest_cr_path):
+    from editor.types import EditParams
+
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    ds = _spool_copy(ctx, chest_cr_path, tmp_path / "in")
+    out1 = create_jobs_for_study(ctx, ds.StudyInstanceUID, called_ae="X2X_EFFUSION", calling_ae="SCU")
+    out2 = create_jobs_for_study(ctx, ds.StudyInstanceUID, called_ae="X2X_EFFUSION", calling_ae="SCU")
+    assert len(out1.created_jobs) == 1 and out2.created_jobs == [] and out2.existing_jobs == out1.created_jobs
+    job = ctx.store.get(out1.created_jobs[0])
+    assert job.instruction == "Add the finding of pleural effusion."
+    assert job.sop_instance_uid == ds.SOPInstanceUID
+    EditParams(**job.params)  # the job's params are EditParams fields
+    assert job.params["steps"] == ctx.settings.edit.steps
+    from editor.model import describe_model
+
+    assert job.model_hash == describe_model(tiny_model_dir).weights_hash
+    assert len(ctx.store.list()) == 1
+
+
+def test_private_block_request_with_seed_location_severity(tmp_path, tiny_model_dir, chest_cr_path):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    src = tmp_path / "private.dcm"
+    ds = pydicom.dcmread(chest_cr_path)
+    write_private_block(ds, "Add the finding of pleural effusion.", seed=42, location="left", severity="mild")
+    ds.save_as(src)
+    spooled = _spool_copy(ctx, src, tmp_path / "in")
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    job = ctx.store.get(out.created_jobs[0])
+    assert job.seed == 42
+    assert job.instruction == "Add the finding of mild left pleural effusion."
+
+
+def test_invalid_instruction_recorded_nothing_edited(tmp_path, tiny_model_dir, chest_cr_path):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    src = tmp_path / "bad.dcm"
+    ds = pydicom.dcmread(chest_cr_path)
+    write_private_block(ds, "Add the finding of pleural efusion.")
+    ds.save_as(src)
+    spooled = _spool_copy(ctx, src, tmp_path / "in")
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    assert out.created_jobs == [] and out.state == INVALID_REQUEST
+    rec = study_record(ctx, spooled.StudyInstanceUID)
+    assert rec is not None and rec.state == INVALID_REQUEST
+    assert "efusion" in (rec.request_error or "")
+    assert ctx.store.list() == []
+
+
+def test_no_request_and_default_instruction(tmp_path, tiny_model_dir, chest_cr_path):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    spooled = _spool_copy(ctx, chest_cr_path, tmp_path / "in")
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    assert out.created_jobs == [] and out.state == "no-request"
+    ctx.settings.requests.default_instruction = "Remove the finding of cardiomegaly."
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    assert ctx.store.get(out.created_jobs[0]).instruction == "Remove the finding of cardiomegaly."
+    # the default applies to the node's own AE title only
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="OTHER", calling_ae="SCU")
+    assert out.created_jobs == [] and out.existing_jobs == []
+
+
+def test_standard_attribute_request(tmp_path, tiny_model_dir, chest_cr_path):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    ctx.settings.requests.standard_attribute = "RequestedProcedureDescription"
+    spooled = _spool_copy(ctx, chest_cr_path, tmp_path / "in",
+                          RequestedProcedureDescription="Remove the finding of pleural effusion.")
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    assert ctx.store.get(out.created_jobs[0]).instruction == "Remove the finding of pleural effusion."
+
+
+# Through `x2x serve` with dcmtk ------------------------------------------------------------------
+@pytest.mark.integration
+def test_rule_private_tag_and_skips_end_to_end(tmp_path, tiny_model_dir, chest_cr_path):
+    cr = renumbered_copy(chest_cr_path, tmp_path / "send" / "cr.dcm")
+    lateral = renumbered_copy(chest_cr_path, tmp_path / "send" / "lat.dcm", ViewPosition="LL")
+    ct = renumbered_copy(Path(get_testdata_file("CT_small.dcm")), tmp_path / "send" / "ct.dcm")
+    tagged_src = pydicom.dcmread(chest_cr_path)
+    write_private_block(tagged_src, "Remove the finding of cardiomegaly.", seed=9)
+    tagged_src.save_as(tmp_path / "tagged-src.dcm")
+    tagged = renumbered_copy(tmp_path / "tagged-src.dcm", tmp_path / "send" / "tagged.dcm")
+
+    with run_node(tmp_path, EFFUSION_RULE, model_dir=tiny_model_dir) as node:
+        r = storescu(node.port, [cr, lateral, ct], called_ae="X2X_EFFUSION")
+        assert r.returncode == 0, r.stderr
+        assert store_statuses(r) == ["Success"] * 3
+        r = storescu(node.port, tagged, called_ae="X2X")
+        assert store_statuses(r) == ["Success"]
+        jobs = node.wait_for_jobs(2)
+        by_sop = {j["sop_instance_uid"]: j for j in jobs}
+        cr_sop = pydicom.dcmread(cr, stop_before_pixels=True).SOPInstanceUID
+        tagged_sop = pydicom.dcmread(tagged, stop_before_pixels=True).SOPInstanceUID
+        assert by_sop[cr_sop]["instruction"] == "Add the finding of pleural effusion."
+        assert by_sop[cr_sop]["seed"] == 3 and by_sop[cr_sop]["called_ae"] == "X2X_EFFUSION"
+        assert by_sop[tagged_sop]["instruction"] == "Remove the finding of cardiomegaly."
+        assert by_sop[tagged_sop]["seed"] == 9
+        skipped = node.wait_for(lambda: len(s := node.study_instances("skipped")) >= 2 and s, 20, "skips")
+        reasons = sorted(s["reason"] for s in skipped)
+        assert any("view position LL" in r for r in reasons), reasons
+        assert any("modality CT" in r for r in reasons), reasons
+        # resending the same study creates no second job
+        r = storescu(node.port, [cr], called_ae="X2X_EFFUSION")
+        assert store_statuses(r) == ["Success"]
+        node.wait_for(lambda: "1 already existed" in node.log_text(), 20, "the resend to be evaluated")
+        assert len(node.jobs()) == 2
+        log = node.log_text()
+    assert "study " in log and "association " in log
+    patient = pydicom.dcmread(chest_cr_path, stop_before_pixels=True)
+    for value in (str(patient.get("PatientName", "")), str(patient.get("PatientID", ""))):
+        if value.strip():
+            assert value not in log, "patient name/ID must never be logged"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigkill_mid_send_then_restart_no_loss_no_duplicates(tmp_path, tiny_model_dir, chest_cr_path):
+    study = pydicom.uid.generate_uid()
+    files = [renumbered_copy(chest_cr_path, tmp_path / "send" / f"{i:02d}.dcm", study_uid=study, crop=512)
+             for i in range(50)]
+    node = None
+    with run_node(tmp_path, EFFUSION_RULE, model_dir=tiny_model_dir, receiver_processes=1) as node:
+        cmd = ["storescu", "-v", "-R", "-aec", "X2X_EFFUSION", "127.0.0.1", str(node.port), *map(str, files)]
+        sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=dcmtk_env())
+        node.wait_for(lambda: len(node.spool_files()) >= 15, 60, "15 instances in the spool")
+        node.kill()
+        out, _ = sender.communicate(timeout=60)
+    # which files got Success: storescu prints "Sending file: X" ... "Received Store Response (Success)"
+    succeeded: list[str] = []
+    current = None
+    for line in out.splitlines():
+        if m := re.search(r"Sending file: (\S+)", line):
+            current = m.group(1)
+        elif "Received Store Response (Success)" in line and current:
+            succeeded.append(pydicom.dcmread(current, stop_before_pixels=True).SOPInstanceUID)
+    assert 15 <= len(succeeded) < 50, out[-2000:]
+
+    with run_node(tmp_path, EFFUSION_RULE, model_dir=tiny_model_dir, port=node.port,
+                  var_dir=node.var_dir) as node2:
+        assert not list(node2.spool_dir.rglob("*.part"))
+        jobs = node2.wait_for(lambda: len(j := node2.jobs()) >= len(succeeded) and j, 60, "resumed jobs")
+        job_sops = [j["sop_instance_uid"] for j in jobs]
+        spooled = {p.stem for p in node2.spool_files()}
+        for sop in succeeded:
+            assert sop in spooled
+            assert job_sops.count(sop) == 1
+        # resend everything: all 50 end up with exactly one job each
+        r = storescu(node2.port, files, called_ae="X2X_EFFUSION")
+        assert store_statuses(r) == ["Success"] * 50
+        jobs = node2.wait_for(lambda: len(j := node2.jobs()) >= 50 and j, 60, "50 jobs")
+        time.sleep(1.5)  # a second evaluation would show up here
+        jobs = node2.jobs()
+        sops = [j["sop_instance_uid"] for j in jobs]
+        assert len(sops) == 50 and len(set(sops)) == 50

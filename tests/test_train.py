@@ -1,0 +1,144 @@
+"""`x2x train` on CPU with the tiny random model: it learns, it resumes exactly, it exports a loadable model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editor.training.format import Sample, image_path, write_samples
+from editor.training.train import (
+    PairDataset,
+    TrainConfig,
+    fixed_batch_loss,
+    read_loss_log,
+    swap_laterality_words,
+    train,
+)
+
+RES = 64
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def pair_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four past/current pairs: the current image has a bright 'effusion' block the past one lacks."""
+    ds = tmp_path_factory.mktemp("pairs")
+    (ds / "images").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:RES, 0:RES]
+    samples = []
+    for i in range(4):
+        past = 0.3 + 0.2 * np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / 300.0) + 0.02 * rng.standard_normal((RES, RES))
+        cur = past.copy()
+        x0 = 8 + 30 * (i % 2)
+        cur[40:56, x0:x0 + 16] += 0.4
+        for name, arr in ((f"past{i}", past), (f"cur{i}", cur)):
+            Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).save(image_path(ds, name))
+        side = "right" if i % 2 == 0 else "left"  # image left = patient right (standard PA)
+        samples.append(Sample("train", f"cur{i}", f"past{i}", f"Add the finding of {side} pleural effusion."))
+    samples.append(Sample("test", "cur0", "past0", "Add the finding of edema."))  # other split: not trained on
+    write_samples(ds / "instructions.csv", samples, v2=False)
+    return ds
+
+
+def _cfg(model: Path, ds: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(base_model=model, dataset_dir=ds, output_dir=out, resolution=RES, train_batch_size=2,
+                effective_batch_size=2, max_steps=20, checkpoint_every=0, log_every=1, progress=False, cpu=True)
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_twenty_steps_lower_the_loss_and_export_a_model(tiny_model_dir: Path, pair_dataset: Path,
+                                                        tmp_path: Path) -> None:
+    before = fixed_batch_loss(tiny_model_dir, pair_dataset, resolution=RES)
+    model = train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "run"))
+    after = fixed_batch_loss(model, pair_dataset, resolution=RES)
+    # fixed batch, fixed noise and timesteps, no dropout: the only difference is the trained UNet
+    assert after < 0.95 * before, (before, after)
+
+    log = read_loss_log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(1, 21)) and all(np.isfinite(r["loss"]) for r in log)
+    meta = json.loads((model / "x2x_model.json").read_text())
+    assert meta["resolution"] == RES and meta["kind"] == "finetuned"
+    assert meta["base_model"] == "x2x-tiny-random-fixture"
+    assert meta["training"]["steps"] == 20 and meta["training"]["samples"] == 4  # train split only
+    assert meta["training"]["effective_batch_size"] == 2 and meta["training"]["mixed_precision"] == "no"
+    # UNet changed; VAE and text encoder are the base's, byte for byte (frozen)
+    base_w, new_w = _weights(tiny_model_dir), _weights(model)
+    assert any(not (base_w[k] == new_w[k]).all() for k in base_w)
+    for sub in ("vae", "text_encoder"):
+        for f in (tiny_model_dir / sub).iterdir():
+            assert (model / sub / f.name).read_bytes() == f.read_bytes()
+
+    from editor.model import load_model  # what `x2x edit --model` uses
+
+    loaded = load_model(model, device="cpu")
+    assert loaded.resolution == RES and loaded.model_id == meta["model_id"]
+
+
+def test_resume_reaches_the_same_weights(tiny_model_dir: Path, pair_dataset: Path, tmp_path: Path) -> None:
+    # accumulation (2 micro-batches per step) and EMA are part of the state that must resume
+    kw = dict(max_steps=6, effective_batch_size=4, checkpoint_every=3, use_ema=True, ema_decay=0.9)
+    whole = train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "whole", **kw))
+    train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "split", **{**kw, "max_steps": 3}))
+    assert (tmp_path / "split" / "checkpoints" / "step-0000003" / "trainer_state.json").exists()
+    resumed = train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "split", resume="latest", **kw))
+    a, b = _weights(whole), _weights(resumed)
+    assert all((a[k] == b[k]).all() for k in a), "resumed run differs from the uninterrupted one"
+    meta = json.loads((resumed / "x2x_model.json").read_text())
+    assert meta["training"]["resumed_from_step"] == 3 and meta["training"]["gradient_accumulation_steps"] == 2
+    # the log reads as one run, and its losses equal the uninterrupted run's
+    whole_log, split_log = read_loss_log(tmp_path / "whole"), read_loss_log(tmp_path / "split")
+    assert [r["loss"] for r in split_log] == [r["loss"] for r in whole_log]
+
+    # a fresh run from the base (no resume) with another seed does NOT land there: the check can fail
+    other = train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "other", **{**kw, "seed": 1}))
+    c = _weights(other)
+    assert any(not (a[k] == c[k]).all() for k in a)
+
+    with pytest.raises(ValueError, match="cannot resume"):  # different data-affecting settings: refused
+        train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "split",
+                   **{**kw, "max_steps": 9, "learning_rate": 3e-4, "resume": "latest"}))
+
+
+def test_hflip_swaps_laterality_words(tiny_model_dir: Path, pair_dataset: Path) -> None:
+    assert swap_laterality_words("Add the finding of Left lower and right upper opacity.") == (
+        "Add the finding of Right lower and left upper opacity.")
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(tiny_model_dir / "tokenizer"), local_files_only=True)
+    from editor.training.format import read_samples
+
+    ds = PairDataset(pair_dataset, read_samples(pair_dataset), RES, tok)
+    plain, flipped = ds[(0, False)], ds[(0, True)]
+    assert plain["text"] == "Add the finding of right pleural effusion."
+    assert flipped["text"] == "Add the finding of left pleural effusion."
+    assert (flipped["current"].flip(-1) == plain["current"]).all()
+    assert plain["past"].shape == (3, RES, RES) and -1 <= float(plain["past"].min()) <= float(plain["past"].max()) <= 1
+
+
+def test_four_x_vae_and_resolution_check(tiny_model_dir: Path, pair_dataset: Path, tmp_path: Path) -> None:
+    """A VAE with 4x downsampling (three blocks) trains at 32 px; a resolution off the grid is refused."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    base = tmp_path / "vae4"
+    shutil.copytree(tiny_model_dir, base)
+    shutil.rmtree(base / "vae")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  layers_per_block=1, norm_num_groups=8, sample_size=32).eval().save_pretrained(base / "vae")
+    model = train(_cfg(base, pair_dataset, tmp_path / "run4", resolution=32, max_steps=2))
+    assert json.loads((model / "x2x_model.json").read_text())["resolution"] == 32
+    with pytest.raises(ValueError, match="multiple of 8"):  # VAE 4 x UNet 2
+        train(_cfg(base, pair_dataset, tmp_path / "bad", resolution=36, max_steps=1))
