@@ -194,6 +194,8 @@ class BatchRunner:
             ds = pydicom.dcmread(item.path)
         except Exception as exc:
             return None, f"unreadable DICOM: {type(exc).__name__}"
+        if "SOPInstanceUID" not in ds:  # a DICM header over garbage parses as an empty data set
+            return None, "unreadable DICOM: no SOP Instance UID"
         reason = skip_reason(ds, has_pixel_data="PixelData" in ds)
         if reason is not None:
             return None, reason

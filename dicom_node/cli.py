@@ -7,9 +7,12 @@ from dicom_node.commands import (  # noqa: F401  (imported to register their com
     admin,
     batch,
     bench_edit,
+    bench_ingest,
     core,
+    demo,
     edit,
     jobs,
+    research,
     serve,
     worker,
 )

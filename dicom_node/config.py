@@ -51,6 +51,11 @@ class NodeConfig(_Section):
     maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
     allowed_calling_aes: list[str] = Field(default_factory=list, description="empty = accept any AE")
     study_quiet_seconds: float = Field(5.0, ge=0)
+    spool_fsync: bool = Field(
+        True,
+        description="fsync every instance (file + folder) before answering Success. false is UNSAFE "
+        "(a crash loses acknowledged instances): only for measuring software overhead in benchmarks",
+    )
     receiver_processes: int = Field(
         0, ge=0, description="SCP processes sharing the port (SO_REUSEPORT); 1 = in-process, 0 = auto"
     )

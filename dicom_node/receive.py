@@ -25,6 +25,7 @@ import queue
 import signal
 import socket
 import ssl
+import struct
 import threading
 import time
 import zlib
@@ -34,9 +35,8 @@ from io import BytesIO
 from typing import Any, Union
 
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -51,6 +51,7 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
+_HEAD_BYTES = 64 * 1024
 _STUDY_UID_TAG = 0x0020000D
 _SERIES_UID_TAG = 0x0020000E
 _SOP_UID_TAG = 0x00080018
@@ -94,6 +95,14 @@ ReceiveEvent = Union[InstanceReceived, AssociationEnded, AssociationRejected, In
 EventSink = Callable[[ReceiveEvent], None]
 
 
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+# pynetdicom accepts the first of *our* syntaxes that the sender proposes. Uncompressed last, so a
+# sender offering its file's own (compressed) encoding plus fallbacks sends it as it is, untranscoded.
+ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED] + list(
+    _UNCOMPRESSED
+)
+
+
 class UndecodableDataset(ValueError):
     """The head of the data set cannot be parsed, or it lacks the identifying UIDs."""
 
@@ -126,6 +135,30 @@ def peek_identifiers(dataset_bytes: bytes, transfer_syntax: str) -> tuple[str, s
     if missing:
         raise UndecodableDataset(f"data set lacks {', '.join(missing)}")
     return found[_STUDY_UID_TAG], found[_SERIES_UID_TAG], found[_SOP_UID_TAG]
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str,
+                    implementation_uid: str, implementation_version: str) -> bytes:
+    """Preamble + 'DICM' + File Meta Information (explicit VR little endian), built without pydicom:
+    this runs once per C-STORE and pydicom's generic writer costs more than the rest of the hot path."""
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+        _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+        _meta_element(0x0010, b"UI", transfer_syntax.encode("ascii")),
+        _meta_element(0x0012, b"UI", implementation_uid.encode("ascii")),
+        _meta_element(0x0013, b"SH", implementation_version.encode("ascii")),
+        *([_meta_element(0x0016, b"AE", source_ae.encode("ascii", "replace"))] if source_ae else []),
+    ))
+    return b"\0" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
@@ -170,7 +203,7 @@ class _Server(ThreadedAssociationServer):
     daemon_threads = True
 
     def server_bind(self) -> None:
-        if self.reuse_port:
+        if self.reuse_port and self.socket is not None:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -194,8 +227,9 @@ class StorageSCP:
         cfg = self.config
         ae = AE(ae_title=cfg.ae_title)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+            assert cx.abstract_syntax is not None
+            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
         ae.maximum_associations = cfg.max_associations
         ae.maximum_pdu_size = cfg.maximum_pdu_size
         ae.acse_timeout = cfg.acse_timeout
@@ -207,7 +241,7 @@ class StorageSCP:
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda _e: STATUS_SUCCESS),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -216,7 +250,7 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         _Server.reuse_port = self.reuse_port
-        server = self.ae.make_server(
+        server: _Server = self.ae.make_server(  # type: ignore[assignment]
             (self.config.host, self.config.port),
             ssl_context=build_ssl_context(self.config.tls),
             evt_handlers=handlers,
@@ -224,6 +258,7 @@ class StorageSCP:
             request_handler=_PromptRequestHandler,
         )
         self._server = server
+        self.ae._servers.append(server)  # pynetdicom's shutdown() removes it from this list
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="x2x-scp", daemon=True
         )
@@ -297,11 +332,15 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> int:
         st = self._stats_for(event.assoc)
-        request = event.request
-        dataset = request.DataSet.getvalue()  # type: ignore[union-attr]
+        request: Any = event.request  # a C_STORE primitive
+        # A view of pynetdicom's buffer: the data set is never copied, decoded or re-encoded.
+        dataset = request.DataSet.getbuffer()  # type: ignore[union-attr]
         transfer_syntax = event.context.transfer_syntax
         try:
-            study, series, sop = peek_identifiers(dataset, transfer_syntax)
+            try:  # the UIDs sit near the start; parse a small head first, everything if that fails
+                study, series, sop = peek_identifiers(bytes(dataset[:_HEAD_BYTES]), transfer_syntax)
+            except UndecodableDataset:
+                study, series, sop = peek_identifiers(bytes(dataset), transfer_syntax)
         except UndecodableDataset as exc:
             st.failed += 1
             log.warning("C-STORE of SOP %s refused (0xC210): %s",
@@ -309,10 +348,11 @@ class StorageSCP:
             self._emit(InstanceRefused(str(request.AffectedSOPInstanceUID), "cannot-understand", str(exc)))
             return STATUS_CANNOT_UNDERSTAND
         sop = sop or str(request.AffectedSOPInstanceUID)
-        # File meta as pynetdicom would build it, written ahead of the untouched data set bytes.
-        meta = BytesIO()
-        meta.write(b"\0" * 128 + b"DICM")
-        write_file_meta_info(meta, event.file_meta, enforce_standard=True)  # type: ignore[arg-type]
+        # File meta (as pynetdicom would build it), written ahead of the untouched data set bytes.
+        meta = file_meta_bytes(
+            str(request.AffectedSOPClassUID), sop, str(transfer_syntax), st.calling_ae,
+            self.ae.implementation_class_uid, self.ae.implementation_version_name or "",
+        )
         try:
             self.spool.record_origin(study, st.called_ae, st.calling_ae)
         except OSError as exc:
@@ -321,7 +361,7 @@ class StorageSCP:
             self._emit(InstanceRefused(sop, "out-of-resources", str(exc)))
             return STATUS_OUT_OF_RESOURCES
         outcome = self.spool.store(
-            (meta.getvalue(), dataset), study_uid=study, series_uid=series, sop_uid=sop
+            (meta, dataset), study_uid=study, series_uid=series, sop_uid=sop
         )
         if not outcome.ok:
             st.failed += 1
@@ -360,7 +400,7 @@ def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    scp = StorageSCP(config, Spool(Path(spool_root)), events.put, reuse_port=True)
+    scp = StorageSCP(config, Spool(Path(spool_root), fsync=config.spool_fsync), events.put, reuse_port=True)
     scp.start()
     events.put(("ready", os.getpid()))
     parent = os.getppid()

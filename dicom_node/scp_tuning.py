@@ -28,6 +28,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.utils import make_target
 
 # Upper bound on how long either loop blocks without looking at timers / release / abort.
 _MAX_BLOCK_S = 0.02
@@ -158,4 +159,6 @@ def adopt(assoc: Association) -> Association:
     dul.__class__ = WakeableDUL
     assert isinstance(dul, WakeableDUL)
     dul._init_wakeup()
+    # DULServiceProvider binds its thread target to run_reactor at construction: rebind to ours.
+    dul._target = make_target(dul.run_reactor)  # type: ignore[attr-defined]
     return assoc

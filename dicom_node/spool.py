@@ -70,8 +70,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, fsync: bool = True):
         self.root = Path(root)
+        self.fsync = fsync  # False only for benchmarks: acknowledged instances may be lost in a crash
         self.root.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
         self._known_origins: set[tuple[str, str, str]] = set()
@@ -97,7 +98,7 @@ class Spool:
             self._known_dirs.add(directory)
 
     def store(
-        self, raw: bytes | Sequence[bytes], *, study_uid: str, series_uid: str, sop_uid: str
+        self, raw: bytes | Sequence[bytes | memoryview], *, study_uid: str, series_uid: str, sop_uid: str
     ) -> StoreOutcome:
         """Durably store one instance; `raw` is the complete file (or its parts, written in order)."""
         final = self.path_for(study_uid, series_uid, sop_uid)
@@ -110,11 +111,13 @@ class Spool:
             self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._write_all(fd, chunks)
-            os.fsync(fd)
+            if self.fsync:
+                os.fsync(fd)
             os.close(fd)
             fd = -1
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if self.fsync:
+                _fsync_dir(final.parent)
         except OSError as exc:
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -128,7 +131,7 @@ class Spool:
         return StoreOutcome(StoreStatus.STORED, final)
 
     @staticmethod
-    def _write_all(fd: int, chunks: list[bytes]) -> None:
+    def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
         views = [memoryview(c) for c in chunks if len(c)]
         while views:
             written = os.writev(fd, views)

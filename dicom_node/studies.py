@@ -111,7 +111,8 @@ def ensure_tables(ctx: NodeContext) -> None:
     """Create this module's tables (the job store's create_all may have run before they were defined)."""
     engine = ctx.store.engine
     if id(engine) not in _tables_ready:
-        Base.metadata.create_all(engine, tables=[StudyRecord.__table__, StudyInstance.__table__])
+        tables: list[Any] = [StudyRecord.__table__, StudyInstance.__table__]
+        Base.metadata.create_all(engine, tables=tables)
         _tables_ready.add(id(engine))
 
 
@@ -165,15 +166,16 @@ def create_jobs_for_study(
                        series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
                        modality=str(ds.get("Modality", "")) or None)
         except Exception as exc:
-            reason = f"unreadable: {type(exc).__name__}: {exc}"[:500]
-            _record_instance(ctx, row | {"status": INSTANCE_UNREADABLE, "reason": reason})
-            outcome.skipped.append((path.stem, reason))
+            unreadable = f"unreadable: {type(exc).__name__}: {exc}"[:500]
+            _record_instance(ctx, row | {"status": INSTANCE_UNREADABLE, "reason": unreadable})
+            outcome.skipped.append((path.stem, unreadable))
             continue
         reason = eligibility.skip_reason(ds, has_pixel_data="PixelData" in ds)
         if reason is not None:
             _record_instance(ctx, row | {"status": INSTANCE_SKIPPED, "reason": reason})
             outcome.skipped.append((sop, reason))
             continue
+        request: edit_requests.EditRequest | None
         if instruction is not None:
             request = _explicit_request(settings, instruction, seed, destination)
         else:

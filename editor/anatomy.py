@@ -143,7 +143,7 @@ def _zones_and_parts(lung: np.ndarray, side: str, midline: float, masks: dict[st
     for name, (a, b) in zip(("upper", "middle", "lower"), zip(thirds[:-1], thirds[1:], strict=True),
                             strict=True):
         masks[f"{name}_{side}"] = lung & (rr >= a) & (rr < b + (1 if name == "lower" else 0))
-    masks[f"apex_{side}"] = lung & (rr < top + 0.2 * height)
+    masks[f"apex_{side}"] = lung & (rr < top + 0.3 * height)
     lateral_is_left = side == "image_left"
     medial_x = right if lateral_is_left else left
     lateral_half = (cc <= left + width / 2) if lateral_is_left else (cc >= right - width / 2)
@@ -229,8 +229,10 @@ def _assemble(lungs: dict[str, np.ndarray], bottoms: dict[str, int], quality: di
     h, w = lungs["image_left"].shape
     masks: dict[str, np.ndarray] = {f"lung_{s}": lungs[s] for s in IMAGE_SIDES}
     heart, mediastinum = _heart_and_mediastinum(lungs, raw or lungs, bottoms)
-    cols = np.flatnonzero(mediastinum.any(axis=0))
-    midline = float(np.median(np.nonzero(mediastinum)[1])) if cols.size else (w - 1) / 2
+    # Body midline from the mediastinum above the heart (the heart itself lies off-centre).
+    upper_mediastinum = mediastinum & ~dilate(heart, 2)
+    cols = np.nonzero(upper_mediastinum)[1]
+    midline = float(np.median(cols)) if cols.size else (w - 1) / 2
     for side in IMAGE_SIDES:
         _zones_and_parts(lungs[side], side, midline, masks)
     masks["heart"] = heart
@@ -279,8 +281,12 @@ class ClassicalSegmenter:
 
     def segment(self, image01: np.ndarray) -> Anatomy:
         img = np.asarray(image01, dtype=np.float32)
-        if img.ndim != 2 or min(img.shape) < 16:
-            raise ValueError(f"expected a 2-D image of at least 16x16, got {img.shape}")
+        if img.ndim != 2:
+            raise ValueError(f"expected a 2-D image, got shape {img.shape}")
+        if min(img.shape) < 16:  # too small to find anything: say so and use the template
+            anatomy = template_anatomy((int(img.shape[0]), int(img.shape[1])), reason="image under 16 px")
+            anatomy.quality["segmenter"] = self.name
+            return anatomy
         scale = min(1.0, self.work_size / max(img.shape))
         work = ndi.zoom(img, scale, order=1) if scale < 1.0 else img
         anatomy = self._segment_work(work)

@@ -78,7 +78,8 @@ def build_sd15_random(device: str = "auto", dtype: str = "auto") -> LoadedModel:
             )
         )
     for module in (unet, vae, text_encoder):
-        module.to(device=torch_device, dtype=torch_dtype)
+        # nn.Module.to: diffusers' own .to() warns about a float32-keep list that is empty here.
+        torch.nn.Module.to(module, device=torch_device, dtype=torch_dtype)
         module.eval()
         module.requires_grad_(False)
     scheduler = DDIMScheduler(
@@ -98,6 +99,7 @@ class _StepTimer:
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
         self.ends: list[float] = []
+        self.cpu_ends: list[float] = []  # process CPU time: robust to other jobs on a shared CPU
 
     def __call__(self, *_: Any) -> None:
         if self.cuda:
@@ -105,9 +107,13 @@ class _StepTimer:
 
             torch.cuda.synchronize()
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
 
     def durations(self) -> list[float]:
         return [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+
+    def cpu_durations(self) -> list[float]:
+        return [b - a for a, b in zip(self.cpu_ends, self.cpu_ends[1:], strict=False)]
 
 
 def _input_image(resolution: int, device: Any, dtype: Any) -> Any:
@@ -209,9 +215,15 @@ def run_bench(
         ours_rse: list[float] = []
         ours_plain: list[float] = []
         theirs: list[float] = []
+        ours_cpu: list[float] = []
+        theirs_cpu: list[float] = []
         for _ in range(max(1, repeats)):
-            ours_rse += ours(steps, mask).durations()
-            theirs += reference(steps).durations()
+            timer = ours(steps, mask)
+            ours_rse += timer.durations()
+            ours_cpu += timer.cpu_durations()
+            timer = reference(steps)
+            theirs += timer.durations()
+            theirs_cpu += timer.cpu_durations()
             ours_plain += ours(steps, None).durations()
 
         sync()
@@ -255,6 +267,10 @@ def run_bench(
         "timed_steps_per_loop": len(theirs),
         "ours_rse_s_per_step_mean": round(statistics.fmean(ours_rse), 5),
         "diffusers_s_per_step_mean": round(statistics.fmean(theirs), 5),
+        # CPU seconds of this process per step (meaningful on CPU, where other jobs share the cores).
+        "ours_rse_cpu_s_per_step": round(statistics.median(ours_cpu), 5),
+        "diffusers_cpu_s_per_step": round(statistics.median(theirs_cpu), 5),
+        "ratio_cpu_time": round(statistics.median(ours_cpu) / statistics.median(theirs_cpu), 4),
         "encode_s": round(encode_s, 4),
         "relevance_map_s": round(relevance_s, 4),
         "decode_s": round(decode_s, 4),

@@ -34,7 +34,7 @@ __all__ = ["SIDED_REGIONS", "RegionPrior", "build_prior", "paper_mask_path", "re
 PriorSource = Literal["anatomy", "paper", "fallback", "none"]
 
 SIDED_REGIONS = frozenset({"lung", "upper_zone", "middle_zone", "lower_zone", "cp_angle", "apex", "hilum",
-                           "perihilar", "lateral_margin", "chest_wall", "subdiaphragm"})
+                           "perihilar", "lateral_margin", "chest_wall", "subdiaphragm", "base_behind_heart"})
 ZONE_REGIONS: dict[str, tuple[str, ...]] = {
     "upper": ("upper_zone",),
     "middle": ("middle_zone",),
@@ -45,6 +45,13 @@ ZONE_REGIONS: dict[str, tuple[str, ...]] = {
     "perihilar": ("perihilar",),
 }
 FALLBACK_REGIONS = ("lung", "heart")
+# A large collection reaches beyond its usual regions (an effusion climbs into the middle zone).
+LARGE_SEVERITIES = frozenset({"large", "massive", "severe"})
+LARGE_EXTENSION: dict[str, tuple[str, ...]] = {
+    "pleural effusion": ("middle_zone",),
+    "pneumothorax": ("middle_zone",),
+    "hydropneumothorax": ("middle_zone",),
+}
 
 
 @dataclass
@@ -83,13 +90,19 @@ def region_mask(anatomy: Anatomy, region: str, image_side: str | None, orientati
             return dilate(hilum, 0.06 * size) & (lung | hilum)
         if region == "chest_wall":
             return _lateral_ring(lung, image_side, 0.05 * size)
-        if region == "subdiaphragm":
-            return _base_band(lung, 0.05 * size)
+        if region == "subdiaphragm":  # under this side's lung and its half of the heart
+            return _base_band(lung | _heart_half(anatomy, image_side, 0.04), 0.05 * size)
+        if region == "base_behind_heart":
+            lower_top = np.flatnonzero(m[f"lower_{image_side}"].any(axis=1))
+            out = _heart_half(anatomy, image_side, 0.04)
+            if lower_top.size:
+                out[: lower_top[0]] = False
+            return out
     heart = m["heart"]
     if region == "heart":
         return heart.copy()
-    if region == "heart_border":
-        return dilate(heart, 0.03 * size) & ~erode(heart, 0.03 * size)
+    if region == "heart_border":  # wide enough outward for an enlarging silhouette
+        return dilate(heart, 0.07 * size) & ~erode(heart, 0.03 * size)
     if region == "mediastinum":
         return m["mediastinum"].copy()
     if region == "retrocardiac":
@@ -104,6 +117,17 @@ def region_mask(anatomy: Anatomy, region: str, image_side: str | None, orientati
             out[rows[0]: rows[-1] + 1, max(0, int(mid - 0.04 * w)): int(mid + 0.04 * w) + 1] = True
         return out
     raise ValueError(f"unknown region {region!r}")
+
+
+def _heart_half(anatomy: Anatomy, image_side: str, spine_margin: float = 0.0) -> np.ndarray:
+    """The part of the heart silhouette on one side of the body midline (optionally leaving out a
+    band of `spine_margin` x width on each side of it: the spine is no pleural space)."""
+    heart = anatomy.masks["heart"]
+    w = heart.shape[1]
+    centre = float(anatomy.quality.get("midline_x", 0.5)) * w
+    cc = np.arange(w)[None, :]
+    gap = spine_margin * w
+    return heart & ((cc >= centre + gap) if image_side == "image_right" else (cc <= centre - gap))
 
 
 def _lateral_ring(lung: np.ndarray, image_side: str, width: float) -> np.ndarray:
@@ -133,14 +157,10 @@ def _retrocardiac(anatomy: Anatomy, orientation: Orientation) -> np.ndarray:
     heart = anatomy.masks["heart"]
     size = _size(heart.shape)
     sides = [orientation.image_side("left")] if orientation.laterality_known else list(IMAGE_SIDES)
-    cols = np.flatnonzero(heart.any(axis=0))
-    centre = (cols[0] + cols[-1]) / 2 if cols.size else heart.shape[1] / 2
-    cc = np.arange(heart.shape[1])[None, :]
     out = np.zeros_like(heart)
     near_heart = dilate(heart, 0.04 * size)
     for side in sides:
-        half = (cc >= centre) if side == "image_right" else (cc <= centre)
-        out |= (heart & half) | (anatomy.masks[f"lower_{side}"] & near_heart)
+        out |= _heart_half(anatomy, side) | (anatomy.masks[f"lower_{side}"] & near_heart)
     return out
 
 
@@ -177,18 +197,25 @@ def _union(anatomy: Anatomy, regions: tuple[str, ...], sides: list[str], orienta
 
 
 def _anatomy_finding(anatomy: Anatomy, spec: FindingSpec, info: FindingInfo, orientation: Orientation,
-                     notes: list[str]) -> tuple[np.ndarray | None, str]:
+                     notes: list[str], level_to: str | None = None) -> tuple[np.ndarray | None, str]:
     """Boolean prior of one finding (None = no usable table entry) and a description of it."""
     if not info.regions:
         return None, f"{spec.name}: no region table entry"
     sides = _image_sides(spec, orientation, notes)
-    base = _union(anatomy, info.regions, sides, orientation)
-    described = f"{spec.name}: {', '.join(info.regions)} on {', '.join(sides)}"
+    regions = info.regions
+    levels = {spec.severity or "", level_to or ""}
+    if any(word in LARGE_SEVERITIES for level in levels for word in level.split("-to-")):
+        regions = regions + LARGE_EXTENSION.get(spec.name, ())
+    base = _union(anatomy, regions, sides, orientation)
+    described = f"{spec.name}: {', '.join(regions)} on {', '.join(sides)}"
     zones = [z for z in spec.location if z in ZONE_REGIONS]
     if zones and base.any():
         zone_regions = tuple(dict.fromkeys(r for z in zones for r in ZONE_REGIONS[z]))
         zone = _union(anatomy, zone_regions, sides, orientation)
-        narrowed = base & dilate(zone, 0.03 * _size(anatomy.shape))
+        size = _size(anatomy.shape)
+        # The finding's regions near the place, plus the place itself where it touches them (e.g. the
+        # retrocardiac region is largely the heart's shadow, outside the lung field).
+        narrowed = (base & dilate(zone, 0.03 * size)) | (zone & dilate(base, 0.05 * size))
         if narrowed.sum() >= 0.2 * max(int(zone.sum()), 1):
             base = narrowed
             described += f", narrowed to {' '.join(zones)}"
@@ -260,16 +287,18 @@ def build_prior(
     notes: list[str] = []
     regions: list[str] = []
     anatomy: Anatomy | None = None
+    # Everything below works head-up (zones, bases, paper masks); a feet-up image is flipped in and
+    # the finished prior flipped back.
+    head_up = orientation.patient_head_on_image_top
+    work = image if head_up else np.flipud(image).copy()
+    if not head_up:
+        notes.append("image is feet-up (PatientOrientation): prior built on the flipped image, flipped back")
 
     def get_anatomy() -> Anatomy:
         nonlocal anatomy
         if anatomy is None:
             seg = segmenter or get_segmenter()
-            if orientation.patient_head_on_image_top:
-                anatomy = seg.segment(image)
-            else:  # segmenters expect head-up images
-                anatomy = seg.segment(np.flipud(image)).flipud()
-                notes.append("image is feet-up (PatientOrientation): segmented flipped and flipped back")
+            anatomy = seg.segment(work)
             q = anatomy.quality
             notes.append(f"anatomy: {q.get('method', '?')} ({q.get('segmenter', getattr(seg, 'name', '?'))})")
             notes.extend(str(n) for n in q.get("notes", []))
@@ -291,7 +320,8 @@ def build_prior(
             else:
                 notes.append(f"{spec.name}: no paper mask {path.name} in {paper_dir}")
         if soft is None and source == "anatomy":
-            binary, described = _anatomy_finding(get_anatomy(), spec, info, orientation, notes)
+            binary, described = _anatomy_finding(get_anatomy(), spec, info, orientation, notes,
+                                                 parsed.level_to)
             if binary is not None:
                 soft = _soften(binary)
                 regions.append(described)
@@ -306,6 +336,8 @@ def build_prior(
         previous = per_finding.get(spec.name)
         per_finding[spec.name] = soft if previous is None else np.maximum(previous, soft)
 
+    if not head_up:
+        per_finding = {k: np.flipud(v).copy() for k, v in per_finding.items()}
     mask = np.maximum.reduce(list(per_finding.values())).astype(np.float32)
     final: PriorSource = "fallback" if fell_back else source
     return RegionPrior(mask, per_finding, final, regions, notes, laterality,

@@ -33,6 +33,7 @@ REGION_NAMES: tuple[str, ...] = (
     "spine",  # midline column of the thorax (scoliosis)
     "chest_wall",  # ribs / lateral thorax (fractures)
     "subdiaphragm",  # band just below and above the hemidiaphragms (hernia, free air)
+    "base_behind_heart",  # the lung base hidden behind this side's half of the heart (dependent fluid)
 )
 
 GENERAL_FINDING_CODE = ("404684003", "Clinical finding")
@@ -72,7 +73,7 @@ _LUNG_FIELDS = ("lung",)
 
 _ENTRIES: tuple[FindingInfo, ...] = (
     _f("pleural effusion", ("effusion", "pleural fluid", "hydrothorax"), ("60046008", "Pleural effusion"),
-       "Effusion", ("lower_zone", "cp_angle")),
+       "Effusion", ("lower_zone", "cp_angle", "subdiaphragm", "base_behind_heart")),
     _f("atelectasis", ("atelectases", "atelectatic change", "collapse"), ("46621007", "Atelectasis"),
        "Atelectasis", _LUNG_FIELDS),
     _f("cardiomegaly", ("enlarged heart", "heart enlargement", "cardiac enlargement"),

@@ -16,11 +16,16 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.support.chest_copies import chest_copy, write_chest_copies
+from tests.support.chest_copies import chest_copy, low_resolution_model, write_chest_copies
 
 X2X = str(Path(sys.executable).with_name("x2x"))
 INSTRUCTION = "Add the finding of pleural effusion."
 N_CHEST = 24
+
+@pytest.fixture(scope="module")
+def fast_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return low_resolution_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "tiny128")
+
 
 
 def _build_source_tree(root: Path, chest_cr_path: Path, pydicom_data_dir: Path) -> dict[str, str]:
@@ -53,14 +58,14 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_batch_skips_ineligible_resumes_after_ctrl_c_without_duplicates(
-    tmp_path: Path, chest_cr_path: Path, pydicom_data_dir: Path, tiny_model_dir: Path
+    tmp_path: Path, chest_cr_path: Path, pydicom_data_dir: Path, fast_model_dir: Path
 ) -> None:
     src, out = tmp_path / "archive", tmp_path / "out"
     expected_skips = _build_source_tree(src, chest_cr_path, pydicom_data_dir)
     n_files = sum(1 for p in src.rglob("*") if p.is_file())
     assert n_files == 30
     cmd = [X2X, "batch", str(src), "--instruction", INSTRUCTION, "--out", str(out), "--model",
-           str(tiny_model_dir), "--steps", "1", "--seed", "3"]
+           str(fast_model_dir), "--steps", "1", "--seed", "3"]
     env = dict(os.environ, X2X_PATHS__VAR_DIR=str(tmp_path / "var"), COLUMNS="120")
     env.pop("X2X_CONFIG", None)
     manifest = out / "manifest.csv"

@@ -186,3 +186,31 @@ def test_build_images_and_split_column(mimic: dict[str, Path], tmp_path: Path) -
 def test_missing_split_source_is_an_error(mimic: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="split"):
         build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], tmp_path / "x")
+
+
+def test_cli_dataset_build(mimic: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicom_node.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [
+        "dataset", "build", "--questions", str(mimic["questions"]), "--metadata", str(mimic["metadata"]),
+        "--jpg-root", str(mimic["root"]), "--split-file", str(mimic["split"]), "--out", str(out), "--v2"])
+    assert result.exit_code == 0, result.output
+    assert "lateral_only" in result.output and "wrote 5 rows" in result.output  # v2: one finding per row
+    assert len(read_samples(out, split=None)) == 5
+    bad = CliRunner().invoke(app, [
+        "dataset", "build", "--questions", str(mimic["questions"]), "--metadata", str(mimic["metadata"]),
+        "--jpg-root", str(mimic["root"]), "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "split" in bad.output
+
+
+def test_questions_as_json_give_the_same_rows(mimic: dict[str, Path], tmp_path: Path) -> None:
+    with open(mimic["questions"], newline="") as fh:
+        records = list(csv.DictReader(fh))
+    as_json = tmp_path / "questions.json"
+    as_json.write_text(json.dumps(records))
+    build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], tmp_path / "a", split_file=mimic["split"])
+    build_dataset(as_json, mimic["metadata"], mimic["root"], tmp_path / "b", split_file=mimic["split"])
+    assert (tmp_path / "a" / "instructions.csv").read_text() == (tmp_path / "b" / "instructions.csv").read_text()

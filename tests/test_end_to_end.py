@@ -189,43 +189,35 @@ def _job_state(node: Any, state: str) -> Any:
     return jobs if jobs and all(j["state"] == state for j in jobs) else None
 
 
-def test_node_edits_and_delivers_to_orthanc_then_ignores_a_resend(
+def test_node_dead_letters_while_pacs_down_then_retry_delivers_and_resend_adds_nothing(
     tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
 ) -> None:
+    """storescu -> `x2x serve` (called-AE rule, destination Orthanc) with the PACS down: the job retries
+    and dead-letters; once the PACS is up `x2x jobs retry` delivers all five objects into the source's
+    study; sending the study to the node again changes nothing in the PACS. One edit, one node."""
     source = pydicom.dcmread(chest_cr_path, stop_before_pixels=True)
-    with Orthanc(tmp_path / "orthanc") as orthanc:
-        _storescu(orthanc.dicom_port, orthanc.ae_title, chest_cr_path)  # the PACS holds the original
-        config = NODE_CONFIG.format(instruction=INSTRUCTION, port=orthanc.dicom_port, aet=orthanc.ae_title)
-        with run_node(tmp_path, config, model_dir=tiny_model_dir) as node:
-            _storescu(node.port, "X2X_EFFUSION", chest_cr_path)
-            node.wait_for_jobs(1)
-            (job,) = node.wait_for(lambda: _job_state(node, DONE), 240, "the job to be done")
-            assert job["sop_instance_uid"] == source.SOPInstanceUID and job["destination"] == "pacs"
-            _assert_study_in_orthanc(orthanc, source, with_source=True)
-            assert orthanc.instance_count() == 6
-
-            _storescu(node.port, "X2X_EFFUSION", chest_cr_path)  # same study again (C-STORE completed)
-            time.sleep(3.0)  # quiet period (0.5 s) + time for any job it could have caused
-            assert len(node.jobs()) == 1 and node.jobs()[0]["state"] == DONE
-            assert orthanc.instance_count() == 6
-
-
-def test_node_dead_letters_while_pacs_down_and_jobs_retry_delivers(
-    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
-) -> None:
-    source = pydicom.dcmread(chest_cr_path, stop_before_pixels=True)
-    orthanc = Orthanc(tmp_path / "orthanc")  # down for now
+    orthanc = Orthanc(tmp_path / "orthanc")  # ports chosen, down for now
     config = NODE_CONFIG.format(instruction=INSTRUCTION, port=orthanc.dicom_port, aet=orthanc.ae_title)
     with run_node(tmp_path, config, model_dir=tiny_model_dir) as node:
         _storescu(node.port, "X2X_EFFUSION", chest_cr_path)
         (job,) = node.wait_for(lambda: _job_state(node, DEAD_LETTER), 240, "the job to be dead-lettered")
         assert job["attempts"] == 2 and "association" in job["last_error"]
+        assert job["sop_instance_uid"] == source.SOPInstanceUID and job["destination"] == "pacs"
         with orthanc:
+            _storescu(orthanc.dicom_port, orthanc.ae_title, chest_cr_path)  # the PACS holds the original
             done = subprocess.run(
                 [X2X, "-c", str(node.config_path), "jobs", "retry", str(job["id"])],
                 env=node.env, capture_output=True, text=True, timeout=120,
             )
             assert done.returncode == 0, done.stderr
-            node.wait_for(lambda: _job_state(node, DONE), 120, "the retried job to be delivered")
-            _assert_study_in_orthanc(orthanc, source, with_source=False)
-            assert orthanc.instance_count() == 5
+            (job,) = node.wait_for(lambda: _job_state(node, DONE), 120, "the retried job to be delivered")
+            assert job["last_error"] is None
+            assert "objects already encoded" in node.log_text()  # the retry did not edit again
+            _assert_study_in_orthanc(orthanc, source, with_source=True)
+            assert orthanc.instance_count() == 6
+
+            _storescu(node.port, "X2X_EFFUSION", chest_cr_path)  # the same study again (C-STORE completed)
+            time.sleep(3.0)  # quiet period (0.5 s) + time for any job it could have caused
+            jobs = node.jobs()
+            assert len(jobs) == 1 and jobs[0]["state"] == DONE
+            assert orthanc.instance_count() == 6

@@ -167,3 +167,21 @@ def test_classifier_metrics(tmp_path: Path) -> None:
     assert c["computed"] and c["flip_rate"] == 1.0 and c["confidence_gain"] > 0.98
     assert c["age_change_mean"] == pytest.approx(25.0, abs=0.3)  # mean 0.3 -> 0.55
     assert c["race_preserved"] == 0.0  # argmax moves from class 1 to class 0
+
+
+def test_cli_eval(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicom_node.cli import app
+
+    src = _smooth_image(0)
+    mask = _right_half()
+    cf = src.copy()
+    cf[mask] += 0.2
+    _case(tmp_path / "cases", "local", src, cf, mask, "Add the finding of left pleural effusion.")
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "cases"), "--out", str(report_path)])
+    assert result.exit_code == 0, result.output
+    assert "laterality_agreement" in result.output and "not computed" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["summary"]["psnr_outside"] == "inf" and report["summary"]["change_outside"] == 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import pydicom
 import pytest
 
 from tests.conftest import free_port, require_tool
-from tests.support.chest_copies import chest_copy, write_chest_copies
+from tests.support.chest_copies import chest_copy, low_resolution_model, write_chest_copies
 from tests.support.node import NodeProcess, run_node
 
 X2X = str(Path(sys.executable).with_name("x2x"))
@@ -36,9 +37,15 @@ default_instruction = "{INSTRUCTION}"
 [edit]
 steps = 1
 """
+PATIENT_NAME, PATIENT_ID = "Zyxwvut^Henrietta", "PID-H5-0042"
 RESULT_FILES = ["counterfactual.dcm", "fseg.dcm", "overlay.dcm", "pmap.dcm", "seg.dcm"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+@pytest.fixture(scope="module")
+def fast_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return low_resolution_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "tiny128")
+
 
 
 def storescu(port: int, files: list[Path], called_ae: str = "X2X") -> None:
@@ -91,10 +98,10 @@ def stow(node: NodeProcess, ds: pydicom.Dataset) -> httpx.Response:
 
 # --- embedded: x2x serve alone ---------------------------------------------------------------------------
 def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
-    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
+    tmp_path: Path, chest_cr_path: Path, fast_model_dir: Path
 ) -> None:
     files = write_chest_copies(chest_cr_path, tmp_path / "in", 10)
-    with run_node(tmp_path, NODE_TOML, model_dir=tiny_model_dir) as node:
+    with run_node(tmp_path, NODE_TOML, model_dir=fast_model_dir) as node:
         with api(node) as c:
             assert c.get("/readyz").status_code == 200, c.get("/readyz").text
             before = c.get("/metrics").text
@@ -118,13 +125,15 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
             assert (folder / "overlay.png").is_file()
 
         # STOW-RS instance: a job exactly like the C-STORE ones, but from the web
-        by_origin = {j["origin"]: j for j in jobs}
-        assert set(by_origin) == {"dimse", "stow"}
-        stow_job, dimse_job = by_origin["stow"], by_origin["dimse"]
+        # (through the running node's study tracker: same quiet period, same request rules)
+        by_sender = {j["calling_ae"]: j for j in jobs}
+        assert set(by_sender) == {"STORESCU", "DICOMWEB"}
+        stow_job, dimse_job = by_sender["DICOMWEB"], by_sender["STORESCU"]
         assert stow_job["sop_instance_uid"] == stow_ds.SOPInstanceUID
-        for field in ("instruction", "seed", "params", "model_hash", "state"):
+        assert stow_job["study_instance_uid"] == stow_ds.StudyInstanceUID
+        for field in ("instruction", "seed", "params", "model_hash", "state", "called_ae"):
             assert stow_job[field] == dimse_job[field], field
-        assert [j["origin"] for j in jobs].count("dimse") == 10
+        assert [j["calling_ae"] for j in jobs].count("STORESCU") == 10
 
         # metrics moved with the work
         assert metric(before, "x2x_jobs", 'state="done"') == 0
@@ -190,11 +199,13 @@ def redis_server(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def start_worker(node: NodeProcess, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def start_worker(
+    node: NodeProcess, tmp_path: Path, name: str, **env: str
+) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / f"{name}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([X2X, "-c", str(node.config_path), "worker", "--hostname", f"{name}@test"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=node.env, start_new_session=True)
+                                stdout=fh, stderr=subprocess.STDOUT, env=node.env | env, start_new_session=True)
     return proc, log
 
 
@@ -220,20 +231,18 @@ def claims(logs: list[Path]) -> dict[str, list[int]]:
 
 
 def test_redis_scale_out_two_workers_20_jobs_each_done_exactly_once(
-    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
+    tmp_path: Path, chest_cr_path: Path, fast_model_dir: Path
 ) -> None:
-    files = write_chest_copies(chest_cr_path, tmp_path / "in", 20)
+    files = write_chest_copies(chest_cr_path, tmp_path / "in", 20, PatientName=PATIENT_NAME, PatientID=PATIENT_ID)
     with redis_server(tmp_path) as url:
         toml = NODE_TOML + f'[queue]\nbroker_url = "{url}/0"\nresult_backend = "{url}/1"\nembedded_worker = false\n'
-        with run_node(tmp_path, toml, model_dir=tiny_model_dir) as node:
-            workers = [start_worker(node, tmp_path, f"worker{i}") for i in (1, 2)]
+        with run_node(tmp_path, toml, model_dir=fast_model_dir) as node:
+            workers = [start_worker(node, tmp_path, f"worker{i}", X2X_LOGGING__JSON_FORMAT="true") for i in (1, 2)]
             try:
                 wait_workers(node, 2)
                 status = subprocess.run([X2X, "-c", str(node.config_path), "status", "--json"], env=node.env,
                                         capture_output=True, timeout=60)
                 assert status.returncode == 0, status.stderr.decode()
-                import json
-
                 info = json.loads(status.stdout)
                 assert info["queue"]["broker_reachable"] is True and len(info["workers"]["live"]) == 2
                 storescu(node.port, files)
@@ -249,18 +258,22 @@ def test_redis_scale_out_two_workers_20_jobs_each_done_exactly_once(
             for job in jobs:
                 assert sorted(p.name for p in (node.var_dir / "results" / str(job["id"])).glob("*.dcm")) \
                     == RESULT_FILES
+            # structured logs: every worker line is one JSON object; no patient name or ID anywhere
+            for _, log in workers:
+                lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+                assert lines and all(json.loads(ln)["level"] for ln in lines)
+            for text in [log.read_text() for _, log in workers] + [node.log_text()]:
+                assert PATIENT_NAME.split("^")[0] not in text and PATIENT_ID not in text
 
 
 # --- restart safety ------------------------------------------------------------------------------------
 def test_sigkill_worker_mid_edit_then_new_worker_completes_job_once(
-    tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
+    tmp_path: Path, chest_cr_path: Path, fast_model_dir: Path
 ) -> None:
-    # Full-size image and many steps so that the edit lasts long enough to be killed in the middle.
-    src = tmp_path / "in" / "full.dcm"
-    src.parent.mkdir()
-    chest_copy(chest_cr_path, factor=1).save_as(src, enforce_file_format=True)
-    toml = NODE_TOML.replace("steps = 1", "steps = 60") + "[queue]\nembedded_worker = false\n"
-    with run_node(tmp_path, toml, model_dir=tiny_model_dir) as node:
+    # Many steps so that the edit lasts long enough (seconds) to be killed in the middle.
+    src = write_chest_copies(chest_cr_path, tmp_path / "in", 1)[0]
+    toml = NODE_TOML.replace("steps = 1", "steps = 40") + "[queue]\nembedded_worker = false\n"
+    with run_node(tmp_path, toml, model_dir=fast_model_dir) as node:
         first, first_log = start_worker(node, tmp_path, "victim")
         wait_workers(node, 1)
         storescu(node.port, [src])

@@ -144,7 +144,7 @@ def test_prior_is_soft_bounded_and_zero_outside() -> None:
     prior = build_prior(img, parsed, STANDARD)
     m = prior.mask
     assert m.dtype == np.float32 and m.min() >= 0.0 and m.max() == 1.0
-    assert 0 < ((m > 0) & (m < 1)).sum()  # soft edge
+    assert ((m > 0) & (m < 1)).sum() > 0  # soft edge
     anatomy = get_segmenter().segment(img)
     region = anatomy.masks["apex_image_left"] | anatomy.masks["lateral_margin_image_left"] | anatomy.masks[
         "upper_image_left"]
@@ -162,6 +162,17 @@ def test_location_words_narrow_the_prior() -> None:
     assert _mass_on_image_right(upper.mask) < 0.05  # patient right = image left on a standard PA
     bilateral = build_prior(img, parse_instruction("Add the finding of bilateral pleural effusion."), STANDARD)
     assert 0.3 < _mass_on_image_right(bilateral.mask) < 0.7
+
+
+def test_large_severity_widens_the_effusion_prior() -> None:
+    img, _ = phantom()
+    small = build_prior(img, parse_instruction("Add the finding of small left pleural effusion."), STANDARD)
+    large = build_prior(img, parse_instruction("Add the finding of large left pleural effusion."), STANDARD)
+    change = build_prior(img, parse_instruction("Change the level of left pleural effusion from small to large."),
+                         STANDARD)
+    assert large.mask.sum() > 1.3 * small.mask.sum()
+    np.testing.assert_array_equal(change.mask, large.mask)
+    assert "middle_zone" in large.regions[0] and "middle_zone" not in small.regions[0]
 
 
 def test_cardiomegaly_prior_covers_heart_and_borders() -> None:
@@ -263,13 +274,23 @@ def test_real_cr_anatomy_is_plausible(chest_cr: tuple[np.ndarray, Orientation]) 
 def test_real_cr_priors_lie_in_the_chest(chest_cr: tuple[np.ndarray, Orientation]) -> None:
     img, orientation = chest_cr
     anatomy = get_segmenter().segment(img)
-    chest = dilate(anatomy.lungs() | anatomy.masks["heart"], 0.05 * max(img.shape))
+    chest = dilate(anatomy.lungs() | anatomy.masks["heart"], 0.08 * max(img.shape))
     for text in ("Add the finding of pleural effusion.", "Remove the finding of cardiomegaly.",
                  "Add the finding of pneumothorax.", "Add the findings of edema and lung opacity."):
         prior = build_prior(img, parse_instruction(text), orientation)
         assert prior.source == "anatomy"
         assert prior.mask[chest].sum() > 0.97 * prior.mask.sum(), text
         assert 0.01 < prior.mask.mean() < 0.6, text
+    # Absolute bounds read off RG1_UNCR.dcm by eye (fractions of the image): the costophrenic angles
+    # sit at ~0.75 of the height, the heart's centre at ~0.6 height, ~0.55 width.
+    h, w = img.shape
+    effusion = build_prior(img, parse_instruction("Add the finding of pleural effusion."), orientation).mask
+    er, _ = _centroid(effusion > 0.5)
+    assert 0.55 * h < er < 0.8 * h
+    assert effusion[: int(0.35 * h)].max() == 0.0
+    heart = build_prior(img, parse_instruction("Add the finding of cardiomegaly."), orientation).mask
+    hr, hc = _centroid(heart > 0.5)
+    assert 0.45 * h < hr < 0.75 * h and 0.35 * w < hc < 0.65 * w
 
 
 def test_real_cr_laterality(chest_cr: tuple[np.ndarray, Orientation]) -> None:

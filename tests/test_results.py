@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -275,31 +276,40 @@ def test_derivation_description_fits_st(source: pydicom.Dataset) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_real_editor_output_encodes_and_validates(
-    source: pydicom.Dataset, tiny_model_dir: Path, tmp_path: Path
+def test_x2x_edit_writes_five_valid_objects_from_the_real_editor(
+    chest_cr_path: Path, source: pydicom.Dataset, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """The real editor (tiny random model, 2 steps) on the real CR: its EditResult encodes to five
-    valid objects; the SEG is its mask; the SC equals the source outside the (feathered) mask."""
-    from editor.editor import Editor
-    from editor.source import source_from_dataset
+    """`x2x edit CR.dcm --out DIR` runs the real editor (tiny random model, 2 steps) and writes the
+    five objects beside its own files: all valid; the SEG is the editor's mask (mask.png), the
+    FRACTIONAL SEG its guidance (guidance.npy), the SC the source outside the mask."""
+    from PIL import Image
 
-    editor = Editor.from_pretrained(tiny_model_dir, device="cpu")
-    result = editor.edit(
-        source_from_dataset(source), "Add the finding of left pleural effusion.", seed=0, params=EditParams(steps=2)
+    from tests.support.node import X2X
+
+    out = tmp_path / "edit"
+    done = subprocess.run(
+        [X2X, "edit", str(chest_cr_path), "-i", "Add the finding of left pleural effusion.", "--out", str(out),
+         "--model", str(tiny_model_dir), "--steps", "2", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "X2X_CONFIG"},
     )
-    paths = write_results(encode_results(source, result, job_key="real-editor"), tmp_path)
-    for kind, path in paths.items():
-        errors, _warnings, text = dciodvfy_report(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for kind in KINDS:
+        errors, _warnings, text = dciodvfy_report(out / FILE_NAMES[kind])
         assert errors == [], f"{kind}:\n{text}"
-    seg = hd.seg.segread(paths["seg"])
+    mask = np.asarray(Image.open(out / "mask.png")) > 0
+    guidance = np.load(out / "guidance.npy")
+    assert mask.shape == (source.Rows, source.Columns) and mask.any()
+    seg = hd.seg.segread(out / "seg.dcm")
     pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=False)[0]
-    np.testing.assert_array_equal(pixels.any(axis=-1), result.mask)
-    sc = pydicom.dcmread(paths["counterfactual"])
-    outside = ~result.mask  # the feather ramps inward from the mask edge: outside it alpha is 0
-    np.testing.assert_array_equal(sc.pixel_array[outside], source.pixel_array[outside])
-    fseg = hd.seg.segread(paths["fseg"])
+    np.testing.assert_array_equal(pixels.any(axis=-1), mask)
+    fseg = hd.seg.segread(out / "fseg.dcm")
     decoded = fseg.get_pixels_by_source_instance([source.SOPInstanceUID], rescale_fractional=True)[0, ..., 0]
-    assert np.abs(decoded - result.guidance).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(decoded - guidance).max() <= 0.5 / 255 + 1e-6
+    sc = pydicom.dcmread(out / "counterfactual.dcm")
+    # the composite's feather ramps inward from the mask edge: outside the mask the pixels are the source's
+    np.testing.assert_array_equal(sc.pixel_array[~mask], source.pixel_array[~mask])
+    pm = pydicom.dcmread(out / "pmap.dcm")
+    np.testing.assert_array_equal(np.frombuffer(pm.FloatPixelData, "<f4").reshape(mask.shape), guidance)
 
 
 def _small_result(source: pydicom.Dataset) -> EditResult:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -95,3 +97,63 @@ def test_destination_resolution_order(tmp_path: Path) -> None:
         pick(settings, job_destination="missing", calling_ae=None)
     with pytest.raises(SendError, match="needs host"):
         get_sender(Destination(type="cstore"), name="incomplete")
+
+
+def _pipeline_job(
+    tmp_path: Path, objects: dict[str, Path], chest_cr_path: Path, **settings: object
+) -> tuple[Any, int]:
+    """A job whose five objects are already encoded on disk (a previous attempt): run_job only sends."""
+    from dicom_node.context import build_context
+    from dicom_node.jobs.pipeline import job_results_dir
+
+    ctx = build_context(load_settings(None, paths={"var_dir": str(tmp_path / "var")}, **settings))
+    job, _ = ctx.store.create_job(
+        idempotency_key="send-tests", study_instance_uid="1.2.3", sop_instance_uid="1.2.3.4",
+        source_path=str(chest_cr_path), instruction="Add the finding of pleural effusion.",
+        state="queued",
+    )
+    out = job_results_dir(ctx, job.id)
+    out.mkdir(parents=True)
+    for path in objects.values():
+        shutil.copy(path, out / path.name)
+    return ctx, job.id
+
+
+def test_pipeline_sends_existing_objects_without_editing(
+    tmp_path: Path, objects: dict[str, Path], chest_cr_path: Path
+) -> None:
+    from dicom_node.jobs.pipeline import run_job
+
+    folder = tmp_path / "share"
+    ctx, job_id = _pipeline_job(
+        tmp_path, objects, chest_cr_path,
+        destinations={"share": {"type": "folder", "path": str(folder)}},
+        send={"default_destination": "share"},
+    )
+    assert run_job(ctx, job_id).state == "done"
+    assert ctx._editor is None  # the objects were on disk: the model was never loaded
+    assert len(list(folder.rglob("*.dcm"))) == 5
+
+
+def test_pipeline_without_destination_is_done_and_unknown_destination_dead_letters(
+    tmp_path: Path, objects: dict[str, Path], chest_cr_path: Path
+) -> None:
+    from dicom_node.jobs.pipeline import run_job
+
+    ctx, job_id = _pipeline_job(tmp_path / "a", objects, chest_cr_path)
+    assert run_job(ctx, job_id).state == "done"  # results stay on disk
+    ctx, job_id = _pipeline_job(tmp_path / "b", objects, chest_cr_path, send={"default_destination": "nowhere"})
+    outcome = run_job(ctx, job_id)
+    assert outcome.state == "dead-letter" and outcome.retry_in is None  # waiting would not fix the config
+    job = ctx.store.get(job_id)
+    assert job is not None and "'nowhere' is not defined" in (job.last_error or "")
+
+
+def test_backoff_doubles_and_is_capped(tmp_path: Path) -> None:
+    from dicom_node.context import build_context
+    from dicom_node.jobs.pipeline import backoff_seconds
+
+    ctx = build_context(
+        load_settings(None, paths={"var_dir": str(tmp_path)}, send={"backoff_seconds": 2, "backoff_max_seconds": 10})
+    )
+    assert [backoff_seconds(ctx, n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]

@@ -178,7 +178,6 @@ def test_sigkill_mid_send_then_restart_no_loss_no_duplicates(tmp_path, tiny_mode
     study = pydicom.uid.generate_uid()
     files = [renumbered_copy(chest_cr_path, tmp_path / "send" / f"{i:02d}.dcm", study_uid=study, crop=512)
              for i in range(50)]
-    node = None
     with run_node(tmp_path, EFFUSION_RULE, model_dir=tiny_model_dir, receiver_processes=1) as node:
         cmd = ["storescu", "-v", "-R", "-aec", "X2X_EFFUSION", "127.0.0.1", str(node.port), *map(str, files)]
         sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

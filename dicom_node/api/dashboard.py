@@ -33,8 +33,8 @@ _SCRIPT = """
 const KINDS=[["source","source",false],["counterfactual","counterfactual",true],["overlay","guidance overlay",true]];
 const ENT={"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"};
 function esc(s){return String(s??"").replace(/[&<>"']/g,c=>ENT[c]);}
-function secs(t){if(!t)return"";return Object.entries(t).filter(([k,v])=>typeof v==="number")
-  .map(([k,v])=>esc(k)+" "+v.toFixed(1)+" s").join("<br>");}
+function secs(t){if(!t)return"";return Object.entries(t).filter(([k,v])=>typeof v==="number"&&!k.startsWith("editor_"))
+  .map(([k,v])=>esc(k.replace(/_s$/,""))+" "+v.toFixed(1)+" s").join("<br>");}
 function thumb(j,k,label,syn){return '<div class="thumb"><img alt="'+label+'" src="'+j.previews[k]+'?u='+
   encodeURIComponent(j.updated_at)+'" onerror="this.outerHTML=\\'<div class=ph>no '+label+'</div>\\'">'+
   label+(syn?' <span class="syn">SYNTHETIC</span>':'')+'</div>';}
@@ -63,8 +63,11 @@ def _thumb(job: dict[str, Any], kind: str, label: str, synthetic: bool, present:
 
 
 def _timings(timings: dict[str, Any] | None) -> str:
+    """The pipeline's stages (edit, encode, send); the editor's own breakdown is in GET /jobs/{id}."""
     return "<br>".join(
-        f"{html.escape(str(k))} {v:.1f} s" for k, v in (timings or {}).items() if isinstance(v, (int, float))
+        f"{html.escape(k.removesuffix('_s'))} {v:.1f} s"
+        for k, v in (timings or {}).items()
+        if isinstance(v, (int, float)) and not k.startswith("editor_")
     )
 
 

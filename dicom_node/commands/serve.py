@@ -31,7 +31,7 @@ class NodeService:
         from dicom_node.studies import StudyTracker
 
         self.ctx = ctx
-        self.spool = Spool(ctx.settings.spool_dir)
+        self.spool = Spool(ctx.settings.spool_dir, fsync=ctx.settings.node.spool_fsync)
         self.tracker = StudyTracker(ctx)
         # [queue] embedded_worker = false: jobs are left to `x2x worker` processes
         self.start_worker = start_worker and ctx.settings.queue.embedded_worker
@@ -50,6 +50,9 @@ class NodeService:
         resumed = self.tracker.rescan()
         if resumed:
             log.info("resuming %d study(ies) received before the last stop", len(resumed))
+        if not s.node.spool_fsync:
+            log.warning("node.spool_fsync = false: instances are acknowledged before they are on disk; "
+                        "a crash can lose them (benchmarks only)")
         n = receiver_process_count(s)
         if n == 1:
             self._scp = StorageSCP(s.node, self.spool, self.tracker.handle)

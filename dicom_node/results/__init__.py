@@ -9,9 +9,11 @@ series, all with UIDs derived from the job's idempotency key.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -20,6 +22,9 @@ from dicom_node.results import uids
 if TYPE_CHECKING:
     from dicom_node.config import Settings
     from editor.types import EditResult
+
+# highdicom logs every module it copies at INFO; keep the node's log about the node.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 # kind -> file name; the order is the Series Number's last digit (1..5)
 KINDS = ("counterfactual", "seg", "fseg", "pmap", "overlay")
@@ -31,18 +36,27 @@ def encode_results(
     source_ds: Dataset, result: EditResult, *, job_key: str, settings: Settings | None = None
 ) -> dict[str, Dataset]:
     """The five objects for `result`, keyed by kind (KINDS order). Deterministic UIDs from job_key."""
+    root = settings.results.uid_root if settings is not None else None
+    institution = settings.results.institution_name if settings is not None else None
+    with warnings.catch_warnings():
+        # highdicom warns about single-component person names copied from the source (e.g. the
+        # chest CR's Referring Physician "ward"): source data, reproduced as it is.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        return _encode(source_ds, result, job_key, root, institution)
+
+
+def _encode(
+    source_ds: Dataset, result: EditResult, job_key: str, root: str | None, institution: str | None
+) -> dict[str, Dataset]:
     from dicom_node.results.overlay import overlay_sc
     from dicom_node.results.pmap import parametric_map
     from dicom_node.results.sc import counterfactual_sc
     from dicom_node.results.seg import binary_seg, fractional_seg
 
-    root = settings.results.uid_root if settings is not None else None
-    institution = settings.results.institution_name if settings is not None else None
-
     def uid(purpose: str) -> str:
         return uids.derive_uid(job_key, purpose, root)
 
-    def common(kind: str) -> dict[str, object]:
+    def common(kind: str) -> dict[str, Any]:
         return {
             "series_uid": uid(f"{kind}.series"),
             "sop_uid": uid(f"{kind}.sop"),
@@ -50,20 +64,15 @@ def encode_results(
             "institution_name": institution,
         }
 
-    out: dict[str, Dataset] = {
-        "counterfactual": counterfactual_sc(source_ds, result, **common("counterfactual")),  # type: ignore[arg-type]
-        "seg": binary_seg(source_ds, result, dimension_uid=uid("seg.dimension"), **common("seg")),  # type: ignore[arg-type]
-        "fseg": fractional_seg(source_ds, result, dimension_uid=uid("fseg.dimension"), **common("fseg")),  # type: ignore[arg-type]
+    return {
+        "counterfactual": counterfactual_sc(source_ds, result, **common("counterfactual")),
+        "seg": binary_seg(source_ds, result, dimension_uid=uid("seg.dimension"), **common("seg")),
+        "fseg": fractional_seg(source_ds, result, dimension_uid=uid("fseg.dimension"), **common("fseg")),
         "pmap": parametric_map(
-            source_ds,
-            result,
-            frame_uid=uid("pmap.frame"),
-            dimension_uid=uid("pmap.dimension"),
-            **common("pmap"),  # type: ignore[arg-type]
+            source_ds, result, frame_uid=uid("pmap.frame"), dimension_uid=uid("pmap.dimension"), **common("pmap")
         ),
-        "overlay": overlay_sc(source_ds, result, **common("overlay")),  # type: ignore[arg-type]
+        "overlay": overlay_sc(source_ds, result, **common("overlay")),
     }
-    return out
 
 
 def output_uids(datasets: dict[str, Dataset]) -> dict[str, dict[str, str]]:

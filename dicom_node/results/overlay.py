@@ -59,7 +59,7 @@ def overlay_sc(
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[contributing_equipment(result, institution_name)],
     )
-    sc.PatientOrientation = list(labels) if labels else None
+    sc.PatientOrientation = list(labels) if labels else None  # type: ignore[assignment]  # None = empty
     sc.ConversionType = "SYN"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"

@@ -84,7 +84,7 @@ def counterfactual_sc(
         contributing_equipment=[contributing_equipment(result, institution_name)],
     )
     # highdicom always writes DI and ...\OTHER; this is a synthesized image.
-    sc.PatientOrientation = list(labels) if labels else None
+    sc.PatientOrientation = list(labels) if labels else None  # type: ignore[assignment]  # None = empty
     sc.ConversionType = "SYN"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BitsStored = bits_stored

@@ -245,16 +245,15 @@ def _load_frozen(base: Path, device: Any, weight_dtype: Any, prediction_type: st
 
     tokenizer = CLIPTokenizer.from_pretrained(str(base), subfolder="tokenizer", local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(str(base), subfolder="text_encoder", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", local_files_only=True, torch_dtype=weight_dtype)
     sched = DDPMScheduler.from_pretrained(str(base), subfolder="scheduler", local_files_only=True)
     if prediction_type is not None:
         sched.register_to_config(prediction_type=prediction_type)
+    text_encoder.to(dtype=weight_dtype)  # frozen parts run in the mixed-precision dtype
     for m in (vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
         m.to(device)
-        if weight_dtype != torch.float32:  # frozen parts run in the mixed-precision dtype
-            m.to(dtype=weight_dtype)
     with torch.no_grad():
         ids = tokenizer([""], max_length=_max_length(tokenizer), padding="max_length", truncation=True,
                         return_tensors="pt").input_ids.to(device)
@@ -412,6 +411,7 @@ def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: 
     dataset = PairDataset(Path(cfg.dataset_dir), samples, cfg.resolution, frozen.tokenizer)
     accum = _resolve_accumulation(cfg, nproc)
     fingerprint = _fingerprint(cfg, accum, nproc, frozen.noise_scheduler.config.prediction_type, len(samples))
+    fingerprint["mixed_precision"] = precision  # as resolved: "auto" may mean bf16 here and fp32 there
 
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -434,6 +434,8 @@ def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: 
         if diff:
             raise ValueError(f"cannot resume {resume_dir} exactly: settings differ (checkpoint, now): {diff}")
         accelerator.load_state(str(resume_dir))
+        if ema is not None:
+            ema.to(device)  # load_state hands the EMA its shadow weights on the CPU
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", resume_dir, start_step)
 

@@ -35,13 +35,29 @@ def chest_copy(src: Path, *, study_uid: str | None = None, factor: int = 4, **ch
 
 
 def write_chest_copies(
-    src: Path, out_dir: Path, n: int, *, study_uid: str | None = None, factor: int = 4, prefix: str = "cr"
+    src: Path, out_dir: Path, n: int, *, study_uid: str | None = None, factor: int = 4, prefix: str = "cr",
+    **changes: object,
 ) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        ds = chest_copy(src, study_uid=study_uid, factor=factor)
+        ds = chest_copy(src, study_uid=study_uid, factor=factor, **changes)
         path = out_dir / f"{prefix}{i:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def low_resolution_model(tiny_model_dir: Path, out_dir: Path, resolution: int = 128) -> Path:
+    """A copy of the tiny fixture model that runs at `resolution` px (its x2x_model.json says so):
+    the same code paths as 512 px at a fraction of the CPU time, for tests that run many jobs."""
+    import json
+    import shutil
+
+    if not (out_dir / "model_index.json").exists():
+        shutil.copytree(tiny_model_dir, out_dir, dirs_exist_ok=True)
+        sidecar = out_dir / "x2x_model.json"
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        meta["resolution"] = resolution
+        sidecar.write_text(json.dumps(meta, indent=2))
+    return out_dir

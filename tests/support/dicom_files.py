@@ -32,6 +32,23 @@ def renumbered_copy(src: Path, dst: Path, *, study_uid: str | None = None, crop:
     return dst
 
 
+# storescu proposes only uncompressed syntaxes unless told; this picks the option for a file's own syntax.
+_PROPOSE = {
+    "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.57": "-xs", "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu", "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.1.99": "-xd", "1.2.840.10008.1.2.2": "-xb",
+}
+
+
+def proposal_option(path: Path) -> list[str]:
+    try:
+        ts = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    except Exception:
+        return []
+    return [_PROPOSE[ts]] if ts in _PROPOSE else []
+
+
 def dcmtk_env() -> dict[str, str]:
     return dict(os.environ, TCP_NODELAY="1")
 

@@ -145,7 +145,7 @@ def echo(port: int, host: str = "127.0.0.1", timeout: float = 5.0, calling_ae: s
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    tls_args = (ssl_context, "") if ssl_context is not None else None
+    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
     try:
         assoc = ae.associate(host, port, tls_args=tls_args)
     except Exception:
