@@ -38,3 +38,23 @@ def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
     root.setLevel(level.upper())
     # pynetdicom is chatty at INFO (and logs dataset summaries at DEBUG): keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # warnings.warn(...) (Celery's root warning, library deprecations) go through the same format.
+    logging.captureWarnings(True)
+    if json_format:
+        route_library_loggers()
+
+
+def route_library_loggers() -> None:
+    """transformers and diffusers install their own stderr handler and stop propagation, which would
+    put plain-text lines into a JSON log: send their records through the root handler instead (and
+    switch off their progress bars, which are not log records)."""
+    import importlib
+
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            lib = importlib.import_module(name)
+            lib.disable_default_handler()
+            lib.enable_propagation()
+            lib.disable_progress_bar()
+        except Exception:  # library absent or its logging API changed: plain lines, not a crash
+            continue

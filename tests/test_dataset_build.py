@@ -214,3 +214,21 @@ def test_questions_as_json_give_the_same_rows(mimic: dict[str, Path], tmp_path: 
     build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], tmp_path / "a", split_file=mimic["split"])
     build_dataset(as_json, mimic["metadata"], mimic["root"], tmp_path / "b", split_file=mimic["split"])
     assert (tmp_path / "a" / "instructions.csv").read_text() == (tmp_path / "b" / "instructions.csv").read_text()
+
+
+def test_image_fit_modes(tmp_path: Path) -> None:
+    from editor.training.mimic import prepare_image
+
+    tall = np.full((40, 20), 200, np.uint8)  # portrait, like MIMIC-CXR
+    tall[:10] = 50  # a dark top band (the "neck")
+    src = tmp_path / "tall.png"
+    Image.fromarray(tall).save(src)
+    for fit in ("squash", "pad", "crop"):
+        prepare_image(src, tmp_path / f"{fit}.png", 32, fit)  # type: ignore[arg-type]
+    squash = np.asarray(Image.open(tmp_path / "squash.png"))
+    pad = np.asarray(Image.open(tmp_path / "pad.png"))
+    crop = np.asarray(Image.open(tmp_path / "crop.png"))
+    assert squash.shape == pad.shape == crop.shape == (32, 32)
+    assert squash[0, 16] == 50 and squash[-1, 16] == 200  # whole image kept, stretched sideways
+    assert (pad[:, :8] == 0).all() and (pad[:, 24:] == 0).all() and pad[0, 16] == 50  # letterboxed
+    assert (crop == 200).all()  # centre square: rows 10..30, the dark band is cut off

@@ -201,3 +201,22 @@ def test_more_concurrent_associations_than_pynetdicoms_default(tmp_path, tiny_mo
         finally:
             for a in assocs:
                 a.release()
+
+
+@pytest.mark.slow
+def test_bench_ingest_prints_rates_and_ratios(tmp_path):
+    import json
+    import sys
+
+    x2x = str(Path(sys.executable).with_name("x2x"))
+    r = subprocess.run([x2x, "bench", "ingest", "--count", "16", "--concurrency", "2", "--workdir",
+                        str(tmp_path / "bench")], capture_output=True, text=True, timeout=600,
+                       env=dcmtk_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["instances"] == 16 and out["instance_bytes"] > 900_000
+    for mode in ("one_association", "2_associations"):
+        rates = out[mode]
+        assert rates["x2x"] > 0 and rates["x2x_no_fsync"] > 0
+        dcmtk = rates.get("dcmtk_storescp") or rates["dcmtk_storescp_fork"]
+        assert rates["ratio_x2x_over_dcmtk"] == pytest.approx(rates["x2x"] / dcmtk, abs=0.01)

@@ -19,7 +19,14 @@ from dicom_node.studies import INVALID_REQUEST, StudyTracker, create_jobs_for_st
 from tests.support.dicom_files import dcmtk_env, renumbered_copy, store_statuses, storescu
 from tests.support.node import run_node
 
+# Jobs are only created here (the pipeline is tested elsewhere): no embedded worker runs them.
 EFFUSION_RULE = """
+[queue]
+embedded_worker = false
+
+[edit]
+steps = 2
+
 [[rules]]
 called_ae = "X2X_EFFUSION"
 instruction = "add the finding of pleural effusion"
@@ -164,7 +171,9 @@ def test_rule_private_tag_and_skips_end_to_end(tmp_path, tiny_model_dir, chest_c
         assert store_statuses(r) == ["Success"]
         node.wait_for(lambda: "1 already existed" in node.log_text(), 20, "the resend to be evaluated")
         assert len(node.jobs()) == 2
+        assert node.stop() == 0  # SIGTERM: clean shutdown
         log = node.log_text()
+        assert "DICOM SCP listening on 127.0.0.1:" in log and "x2x.serve: stopped" in log
     assert "study " in log and "association " in log
     patient = pydicom.dcmread(chest_cr_path, stop_before_pixels=True)
     for value in (str(patient.get("PatientName", "")), str(patient.get("PatientID", ""))):

@@ -24,8 +24,7 @@ class ApiServer:
             self.app, host=s.host, port=s.port, log_config=None,  # keep the node's logging (JSON option)
             access_log=False, lifespan="off", timeout_graceful_shutdown=10,
         )
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # main thread owns signals
+        self.server = uvicorn.Server(config)  # in a non-main thread uvicorn leaves signals to the main one
         self._thread = threading.Thread(target=self.server.run, name="x2x-api", daemon=True)
         self.url = f"http://{s.host}:{s.port}"
 

@@ -96,6 +96,23 @@ def sweep_once(ctx: NodeContext) -> list[int]:
     return requeued
 
 
+def resend_queued(ctx: NodeContext) -> int:
+    """Send every queued job's task again (with its remaining delay). Used when a worker starts on the
+    embedded SQLite broker, whose messages taken by a killed worker are never redelivered; a duplicate
+    message is a no-op because the job is claimed atomically."""
+    from dicom_node.jobs.queue import send_task
+    from dicom_node.jobs.store import QUEUED
+
+    now = utcnow()
+    jobs = ctx.store.list(state=QUEUED, limit=100_000)
+    for job in jobs:
+        delay = (job.next_attempt_at - now).total_seconds() if job.next_attempt_at else 0.0
+        send_task(ctx, job.id, max(0.0, delay))
+    if jobs:
+        log.info("re-sent %d queued job(s) to the embedded broker", len(jobs))
+    return len(jobs)
+
+
 class Sweeper:
     """Runs `sweep_once` at start and every `queue.sweep_interval_seconds` in a daemon thread."""
 
@@ -112,6 +129,11 @@ class Sweeper:
         return self
 
     def _run(self) -> None:
+        if self._ctx.settings.broker_url.startswith("sqla+"):
+            try:
+                resend_queued(self._ctx)
+            except Exception:
+                log.warning("re-sending queued jobs failed", exc_info=True)
         while True:
             try:
                 leases.worker_seen(self._ctx.store, self._me, self._kind, self._started)

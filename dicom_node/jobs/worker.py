@@ -74,6 +74,7 @@ def run_worker(
     from dicom_node.jobs.tasks import Sweeper
 
     _prepare(ctx)
+    _route_celery_console_messages()
     sweeper = Sweeper(ctx, kind="worker").start()
     try:
         worker = celery_app.Worker(
@@ -89,6 +90,17 @@ def run_worker(
         worker.start()
     finally:
         sweeper.stop()
+
+
+def _route_celery_console_messages() -> None:
+    """Celery's signal handlers print ("worker: Warm shutdown") straight to stderr; log them instead so
+    a JSON log stays one JSON object per line. (logging's handler lock is re-entrant: safe here.)"""
+    import celery.apps.worker as celery_worker
+
+    def _say(msg: str, f: Any = None) -> None:
+        logging.getLogger("celery.worker").warning("%s", msg.strip())
+
+    celery_worker.safe_say = _say  # type: ignore[assignment]
 
 
 def _pid() -> int:

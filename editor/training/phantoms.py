@@ -468,13 +468,17 @@ def write_dataset(out_dir: str | Path, *, n: int = 2000, size: int = 128, seed: 
 
 
 def to_source_image(pixels: np.ndarray) -> SourceImage:
-    """A phantom as the editor's input: 8-bit MONOCHROME2, PA view, rows toward the patient's left."""
+    """A phantom as the editor's input: 8-bit MONOCHROME2, PA view, rows run toward the patient's left."""
     from editor.types import SourceImage
 
     return SourceImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
         photometric="MONOCHROME2",
         bits_stored=8,
+        # DICOM linear VOI with centre 128 / width 256 maps stored x to x / 255: the display the model
+        # was trained on (no percentile stretch).
+        window_center=128.0,
+        window_width=256.0,
         patient_orientation=("L", "F"),
         view_position="PA",
     )
