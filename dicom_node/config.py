@@ -93,12 +93,16 @@ class QueueConfig(_Section):
     embedded_worker: bool = True  # `x2x serve` runs one worker (solo pool) in-process
     # Restart safety: a running job's worker renews a lease; a job whose lease is older than this (or
     # whose worker process on this host is gone) is put back on the queue by any worker's sweep.
-    lease_seconds: float = Field(30.0, gt=0)
-    sweep_interval_seconds: float = Field(10.0, gt=0)
+    lease_seconds: float = Field(
+        30.0, gt=0, description="a running job's lease; stale after this long without a heartbeat -> requeued"
+    )
+    sweep_interval_seconds: float = Field(10.0, gt=0, description="how often each worker looks for orphaned jobs")
     # A 'queued' job whose broker message was lost (embedded SQLite broker + SIGKILL) is re-sent after
     # this long; a duplicate message is harmless because a job is claimed atomically.
-    requeue_queued_after_seconds: float = Field(900.0, gt=0)
-    queue_name: str = "x2x"
+    requeue_queued_after_seconds: float = Field(
+        900.0, gt=0, description="re-send a job still queued after this long (its message may be lost)"
+    )
+    queue_name: str = Field("x2x", description="Celery queue the node's jobs go to")
 
 
 class APIConfig(_Section):

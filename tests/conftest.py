@@ -24,6 +24,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def chest_cr_path() -> Path:
     """pydicom-data's real chest CR: MONOCHROME1, 15 bits stored, 1955 x 1841, PA, L\\F."""
+    if os.environ.get("X2X_TEST_CHEST_CR"):  # e.g. on a GPU machine without pydicom-data installed
+        return Path(os.environ["X2X_TEST_CHEST_CR"])
     from data_store import data as _data_pkg  # type: ignore[import-not-found]
 
     path = Path(_data_pkg.__path__[0]) / "RG1_UNCR.dcm"

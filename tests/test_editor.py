@@ -85,12 +85,12 @@ def test_rse_off_with_noise_start_reproduces_diffusers_pipeline(editor: Editor) 
     from editor.model import make_generator, pipeline_from_model
 
     gray = _test_image()
-    params = EditParams(steps=3, rse=False, start="noise")
+    params = EditParams(steps=2, rse=False, start="noise")
     ours = editor.edit_model_grid(_rgb_tensor(gray), PROMPT, np.ones_like(gray), seed=11, params=params)
     pipe = pipeline_from_model(editor.model)
     reference = pipe(
         PROMPT, image=torch.from_numpy(gray)[None, None].expand(1, 3, 512, 512).contiguous(),
-        num_inference_steps=3, guidance_scale=7.5, image_guidance_scale=1.5,
+        num_inference_steps=2, guidance_scale=7.5, image_guidance_scale=1.5,
         generator=make_generator(editor.model.device, 11), output_type="np",
     ).images[0]  # (H, W, 3) in [0, 1]
     assert ours.image is not None and ours.mask.all()
@@ -271,3 +271,22 @@ def test_x2x_edit_cli_rejects_an_unknown_finding(tiny_model_dir: Path, tmp_path:
                                    "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_relevance_is_seeded_and_k_samples_average(editor: Editor) -> None:
+    gray = _test_image(256, 256)
+    ones = np.ones_like(gray)
+    no_edit = EditParams(tau=1.01)  # empty mask: relevance only, no denoising
+
+    def relevance(seed: int, samples: int) -> np.ndarray:
+        params = no_edit.replace(relevance_samples=samples)
+        edit = editor.edit_model_grid(_rgb_tensor(gray), PROMPT, ones, seed=seed, params=params)
+        assert edit.image is None and not edit.mask.any()
+        return edit.relevance_latent
+
+    one = relevance(4, 1)
+    assert one.shape == (32, 32) and one.min() == 0.0 and one.max() == 1.0
+    assert np.array_equal(one, relevance(4, 1))
+    assert not np.array_equal(one, relevance(5, 1))
+    averaged = relevance(4, 3)
+    assert averaged.min() == 0.0 and averaged.max() == 1.0 and not np.array_equal(averaged, one)

@@ -80,3 +80,17 @@ def test_single_file_needs_a_local_config_folder_and_never_downloads(tmp_path: P
     yaml.write_text("model: {}\n")
     with pytest.raises(ModelLoadError, match="config folder"):
         load_model(ckpt, device="cpu", single_file_config=yaml)
+
+
+def test_save_model_folder_keeps_the_model_id_and_reloads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from editor.model import save_model_folder
+
+    model = load_model(tiny_model_dir, device="cpu")
+    out = save_model_folder(model, tmp_path / "converted")
+    info = describe_model(out)
+    assert info.model_id == TINY_MODEL_ID and info.kind == "diffusers" and info.resolution == 512
+    reloaded = load_model(out, device="cpu")
+    for name, tensor in model.unet.state_dict().items():
+        assert torch.equal(tensor, reloaded.unet.state_dict()[name]), name

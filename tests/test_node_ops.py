@@ -297,3 +297,23 @@ def test_sigkill_worker_mid_edit_then_new_worker_completes_job_once(
         assert f"recovering job {job_id}" in text and f"job {job_id} claimed by" in text
         assert sorted(p.name for p in (node.var_dir / "results" / str(job_id)).glob("*.dcm")) == RESULT_FILES
         assert not list((node.var_dir / "results" / str(job_id)).glob("*.tmp")), "no half-written outputs left"
+
+
+def test_sigkill_whole_node_mid_edit_restart_completes_job_once(
+    tmp_path: Path, chest_cr_path: Path, fast_model_dir: Path
+) -> None:
+    files = write_chest_copies(chest_cr_path, tmp_path / "in", 2)
+    toml = NODE_TOML.replace("steps = 1", "steps = 40")
+    var_dir = tmp_path / "node-var"
+    with run_node(tmp_path, toml, model_dir=fast_model_dir, var_dir=var_dir) as node:
+        storescu(node.port, files)
+        node.wait_for(lambda: [j for j in node.jobs() if j["state"] == "editing"], 120, "a job to be editing")
+        node.kill()  # SIGKILL: SCP, API and embedded worker die together
+    states = {j["id"]: j["state"] for j in node.jobs()}
+    assert "editing" in states.values() and "done" not in states.values(), states
+    with run_node(tmp_path, toml, model_dir=fast_model_dir, var_dir=var_dir) as restarted:
+        jobs = wait_all_done(restarted, 2, timeout=300)
+        assert "recovering job" in restarted.log_text()
+    assert len(jobs) == 2
+    for job in jobs:
+        assert sorted(p.name for p in (var_dir / "results" / str(job["id"])).glob("*.dcm")) == RESULT_FILES

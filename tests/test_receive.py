@@ -191,16 +191,33 @@ def test_every_corpus_file_gets_a_status_and_node_survives(tmp_path, tiny_model_
           f"client could not send {len(client_refused)}: {client_refused}")
 
 
-def test_more_concurrent_associations_than_pynetdicoms_default(tmp_path, tiny_model_dir, chest_cr_path):
+def test_concurrent_associations_and_undecodable_dataset(tmp_path, tiny_model_dir, chest_cr_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+
     with run_node(tmp_path, "", model_dir=tiny_model_dir, receiver_processes=1) as node:
         ae = AE(ae_title="MANY")
         ae.requested_contexts = StoragePresentationContexts[:10]
+        # more than pynetdicom's default of 10 concurrent associations
         assocs = [ae.associate("127.0.0.1", node.port) for _ in range(12)]
         try:
             assert all(a.is_established for a in assocs)
+            # a data set without Study/Series Instance UID: refused with a reason, node keeps serving
+            bad = Dataset()
+            bad.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+            bad.SOPInstanceUID = generate_uid()
+            bad.Modality = "CR"
+            bad.file_meta = FileMetaDataset()
+            bad.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            status = assocs[0].send_c_store(bad)
+            assert int(status.Status) == 0xC210
         finally:
             for a in assocs:
                 a.release()
+        node.wait_for(lambda: "refused (0xC210): data set lacks StudyInstanceUID" in node.log_text(), 10,
+                      "the refusal to be logged")
+        assert node.echo()
+        assert node.spool_files() == []
 
 
 @pytest.mark.slow

@@ -139,6 +139,7 @@ def test_standard_attribute_request(tmp_path, tiny_model_dir, chest_cr_path):
 
 # Through `x2x serve` with dcmtk ------------------------------------------------------------------
 @pytest.mark.integration
+@pytest.mark.slow
 def test_rule_private_tag_and_skips_end_to_end(tmp_path, tiny_model_dir, chest_cr_path):
     cr = renumbered_copy(chest_cr_path, tmp_path / "send" / "cr.dcm")
     lateral = renumbered_copy(chest_cr_path, tmp_path / "send" / "lat.dcm", ViewPosition="LL")

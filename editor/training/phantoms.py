@@ -179,6 +179,18 @@ def _ribs(p: Patient, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - np.abs(phase - 0.5) / 0.2, 0.0, 1.0) ** 1.5
 
 
+def region_masks(p: Patient, size: int) -> dict[str, np.ndarray]:
+    """Analytic regions of a phantom (image-side names): each lung and its base (lowest 40 %)."""
+    coords = (np.arange(size, dtype=np.float64) + 0.5) / size
+    xx, yy = np.meshgrid(coords, coords)
+    out: dict[str, np.ndarray] = {}
+    for s in ("image_left", "image_right"):
+        lung = _lung_mask(p, s, xx, yy)
+        out[f"lung_{s}"] = lung
+        out[f"base_{s}"] = lung & (yy > p.top + 0.6 * (p.base - p.top))
+    return out
+
+
 def render(p: Patient, f: Findings, size: int) -> np.ndarray:
     """The clean image (float32 [0, 1], before exposure and noise)."""
     coords = (np.arange(size, dtype=np.float64) + 0.5) / size
