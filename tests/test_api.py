@@ -126,6 +126,10 @@ def test_job_lifecycle_upload_show_cancel_retry(ctx, client: TestClient, chest_c
     bad = client.post("/jobs", json={"study_instance_uid": ds.StudyInstanceUID, "instruction": "make it pretty"},
                       headers=auth)
     assert bad.status_code == 422
+    lateral = chest_copy(chest_cr_path, ViewPosition="LL")
+    r = client.post("/jobs", files={"file": ("lat.dcm", _part10(lateral), "application/dicom")},
+                    data={"instruction": INSTRUCTION}, headers=auth)
+    assert r.status_code == 422 and "view position LL is not frontal" in r.json()["detail"]
 
     listed = client.get("/jobs", params={"state": "queued", "study": ds.StudyInstanceUID}).json()
     assert {j["id"] for j in listed["jobs"]} >= {job_id} and listed["counts"]["queued"] == 2
@@ -141,6 +145,9 @@ def test_job_lifecycle_upload_show_cancel_retry(ctx, client: TestClient, chest_c
     # previews are 404 until the pipeline writes them
     assert client.get(f"/jobs/{job_id}/previews/overlay.png").status_code == 404
     assert client.get("/openapi.json").json()["info"]["title"] == "InstructX2X DICOM node"
+    docs = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower(), "docs work offline"
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_readyz_reports_each_dependency_and_fails_on_unwritable_spool(

@@ -129,3 +129,34 @@ def test_batch_rejects_bad_arguments(tmp_path: Path) -> None:
     r = subprocess.run([X2X, "batch", str(src), "--out", str(tmp_path / "o"), "--instruction", INSTRUCTION,
                         "--send", "nohostport"], capture_output=True)
     assert r.returncode == 2 and b"AE@host:port" in r.stderr
+
+
+@pytest.mark.integration
+def test_batch_send_delivers_the_objects_to_a_dicom_peer(
+    tmp_path: Path, chest_cr_path: Path, fast_model_dir: Path
+) -> None:
+    from tests.conftest import free_port, require_tool
+
+    src, received = tmp_path / "src", tmp_path / "received"
+    received.mkdir()
+    write_chest_copies(chest_cr_path, src, 2)
+    (src / "readme.txt").write_text("skip me")
+    port = free_port()
+    scp = subprocess.Popen([require_tool("storescp"), "-aet", "PEER", "-od", str(received), "+xa", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        env = dict(os.environ, X2X_PATHS__VAR_DIR=str(tmp_path / "var"), TCP_NODELAY="1")
+        env.pop("X2X_CONFIG", None)
+        r = subprocess.run([X2X, "batch", str(src), "--instruction", INSTRUCTION, "--out", str(tmp_path / "out"),
+                            "--model", str(fast_model_dir), "--steps", "1", "--send", f"PEER@127.0.0.1:{port}"],
+                           capture_output=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr.decode()[-3000:]
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    rows = _rows(tmp_path / "out" / "manifest.csv")
+    assert sorted(r["status"] for r in rows) == ["done", "done", "skipped"]
+    assert [r["sent"] for r in rows if r["status"] == "done"] == ["ok", "ok"]
+    got = [pydicom.dcmread(p, stop_before_pixels=True) for p in received.iterdir()]
+    assert len(got) == 10 and len({ds.SOPInstanceUID for ds in got}) == 10

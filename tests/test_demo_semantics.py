@@ -7,7 +7,7 @@ the true change, and RSE keeps the rest of the image as it was.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ def _patient() -> Patient:
     return Patient.sample(np.random.default_rng([HELD_OUT_SEED, 0]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _edit(instruction: str, with_effusion: bool, rse: bool) -> tuple[np.ndarray, Any]:
     """(source uint8, EditResult) of one edit of the held-out phantom."""
     p = _patient()

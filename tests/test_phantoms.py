@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -113,7 +114,7 @@ def test_dataset_layout_is_read_by_the_trainer_and_deterministic(tmp_path: Path)
     assert len(samples) == 24 and a["n"] == 24
     with (tmp_path / "a" / "instructions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    for row, s in zip(rows, samples):
+    for row, s in zip(rows, samples, strict=True):
         for dicom_id in (s.past_dicom_id, s.current_dicom_id):
             im = Image.open(tmp_path / "a" / "images" / f"{dicom_id}.png")
             assert im.mode == "L" and im.size == (64, 64)
@@ -132,3 +133,30 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(read_samples(tmp_path / "ph", split=None)) == 6
     assert '"kind": "x2x-phantoms"' in result.output
+
+
+@pytest.mark.slow
+def test_build_demo_command_runs_the_whole_recipe(tmp_path: Path) -> None:
+    """`x2x model build-demo` end to end at toy scale: phantoms -> VAE -> UNet via train() -> labelled folder."""
+    import json
+
+    from dicom_node.cli import app
+    from editor.demo import DEMO_KIND, DEMO_MODEL_ID
+    from editor.model import describe_model
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, [
+        "model", "build-demo", str(out), "--device", "cpu", "--preset", "cpu", "--pairs", "12",
+        "--vae-steps", "2", "--unet-steps", "2", "--work-dir", str(tmp_path / "work"),
+    ])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "x2x_model.json").read_text())
+    assert meta["model_id"] == DEMO_MODEL_ID and meta["kind"] == DEMO_KIND
+    assert "phantom" in meta["warning"] and meta["resolution"] == 128
+    assert meta["recipe"]["unet_steps_done"] == 2 and meta["recipe"]["vae"]["steps"] == 2
+    assert len(meta["unet_loss_first_last"]) == 2
+    info = describe_model(out)
+    assert info.model_id == DEMO_MODEL_ID and info.resolution == 128
+    vae_cfg = json.loads((out / "vae" / "config.json").read_text())
+    assert len(vae_cfg["block_out_channels"]) == 3  # 4x VAE: 128 px -> 32x32 latents
+    assert vae_cfg["scaling_factor"] != 0.18215  # measured from the trained latents

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import time
@@ -132,14 +133,19 @@ require_client_cert = true
             ctx.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
         return ctx
 
-    with run_node(tmp_path, cfg, model_dir=tiny_model_dir,
+    with run_node(tmp_path, cfg, model_dir=tiny_model_dir, receiver_processes=1,
                   ready_check=lambda nd: echo(nd.port, ssl_context=client_ctx(True))) as node:
-        assert echo(node.port, ssl_context=client_ctx(True)) is True
+        # a client that connects and never starts TLS does not hold up anyone else
+        with socket.create_connection(("127.0.0.1", node.port)):
+            t0 = time.monotonic()
+            assert echo(node.port, ssl_context=client_ctx(True)) is True
+            assert time.monotonic() - t0 < 5
         assert _pynetdicom_store(node.port, chest_cr_path, ssl_context=client_ctx(True)) == 0
         assert echo(node.port, ssl_context=client_ctx(False)) is False  # no client certificate
         assert echo(node.port) is False  # plain TCP
         assert node.echo() is False
         assert node.proc.poll() is None
+        node.wait_for(lambda: "TLS handshake with" in node.log_text(), 10, "failed handshakes to be logged")
 
 
 def test_disk_full_answers_out_of_resources_without_partial_files(tmp_path, tiny_model_dir, chest_cr_path,

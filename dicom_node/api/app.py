@@ -43,6 +43,8 @@ def create_app(ctx: NodeContext, *, tracker: Any | None = None) -> FastAPI:
     """The API for this node. `tracker`: the running node's StudyTracker, so that STOW-RS studies
     complete through the same quiet-period logic as C-STORE (without one, at the end of the request)."""
     app = FastAPI(
+        docs_url=None,  # served below from local files: hospital networks are often offline
+        redoc_url=None,
         title="InstructX2X DICOM node",
         description="Region-specific counterfactual chest X-ray editing beside a PACS. "
         "Every output is SYNTHETIC. Mutating endpoints need `Authorization: Bearer <token>`.",
@@ -131,6 +133,8 @@ def create_app(ctx: NodeContext, *, tracker: Any | None = None) -> FastAPI:
             raise HTTPException(404, "preview not written (yet)")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
+    _mount_offline_docs(app)
+
     # health and metrics -----------------------------------------------------------------------
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -160,3 +164,25 @@ def create_app(ctx: NodeContext, *, tracker: Any | None = None) -> FastAPI:
 
     app.include_router(stow_router, dependencies=auth)
     return app
+
+
+def _mount_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files instead of a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # without the bundle: the OpenAPI JSON stays at /openapi.json
+        return
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="InstructX2X DICOM node — API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )

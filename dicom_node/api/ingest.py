@@ -126,6 +126,9 @@ def _outcome_view(ctx: NodeContext, outcome: Any) -> dict[str, Any]:
     if outcome.error and not (outcome.created_jobs or outcome.existing_jobs):
         raise HTTPException(422, outcome.error)
     ids = list(outcome.created_jobs) + list(outcome.existing_jobs)
+    if not ids:
+        reasons = "; ".join(f"{sop}: {why}" for sop, why in outcome.skipped) or "no instances"
+        raise HTTPException(422, f"no eligible instance in study {outcome.study_uid}: {reasons}")
     jobs = [job_view(j) for i in ids if (j := ctx.store.get(i)) is not None]
     return {
         "study_instance_uid": outcome.study_uid,

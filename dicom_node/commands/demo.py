@@ -38,10 +38,14 @@ def model_build_demo(
         None, help="Where to write the model (default: inside the package, where the node looks for it)."
     ),
     device: str = typer.Option("auto", help="auto / cpu / cuda."),
+    preset: str = typer.Option(
+        "auto", help="gpu = the shipped model's recipe; cpu = fewer samples for 2 CPU cores; auto = by device."
+    ),
     unet_steps: Optional[int] = typer.Option(None, help="UNet optimizer steps (default: the recipe's)."),
     time_budget: Optional[float] = typer.Option(
         None, help="Seconds of UNet training at most (stops between chunks; steps done are recorded)."
     ),
+    vae_steps: Optional[int] = typer.Option(None, help="VAE optimizer steps (default: the recipe's)."),
     pairs: Optional[int] = typer.Option(None, help="Phantom pairs to train on (default: the recipe's)."),
     workers: int = typer.Option(1, min=1, help="Processes drawing phantoms."),
     work_dir: Optional[Path] = typer.Option(None, help="Scratch folder (phantoms, checkpoints)."),
@@ -56,7 +60,13 @@ def model_build_demo(
     from editor.training.demo_recipe import DemoRecipe, build_demo_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    recipe = DemoRecipe()
+    if preset not in ("auto", "gpu", "cpu"):
+        raise typer.BadParameter("preset must be auto, gpu or cpu", param_hint="--preset")
+    if preset == "auto":
+        import torch
+
+        preset = "gpu" if device != "cpu" and torch.cuda.is_available() else "cpu"
+    recipe = DemoRecipe() if preset == "gpu" else DemoRecipe.cpu_preset()
     changes: dict[str, object] = {}
     if unet_steps is not None:
         changes["unet_steps"] = unet_steps
@@ -64,6 +74,8 @@ def model_build_demo(
         changes["time_budget_s"] = time_budget
     if pairs is not None:
         changes["n_pairs"] = pairs
+    if vae_steps is not None:
+        changes["vae"] = dataclasses.replace(recipe.vae, steps=vae_steps)
     recipe = dataclasses.replace(recipe, **changes)  # type: ignore[arg-type]
     out = build_demo_model(out_dir or SHIPPED_DIR, recipe, device=device, work_dir=work_dir, workers=workers)
     meta = json.loads((out / "x2x_model.json").read_text())

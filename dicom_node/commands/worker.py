@@ -15,7 +15,7 @@ def worker(
     pool: str = typer.Option("solo", help="Celery pool: solo (default: one job at a time) or prefork/threads."),
     hostname: Optional[str] = typer.Option(None, help="Celery node name (default x2x-worker-<host>-<pid>)."),
 ) -> None:
-    """Run a job worker: takes jobs from the configured queue ([queue] broker_url), edits, encodes, sends.
+    """Run a job worker: takes jobs from the configured queue (queue.broker_url), edits, encodes, sends.
 
     Start as many as you like, on as many machines as share the job database and the broker.
     SIGTERM/Ctrl-C finishes the current job first; a SIGKILLed worker's job is recovered by the others.

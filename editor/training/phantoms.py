@@ -349,8 +349,9 @@ def sample_pair(rng: np.random.Generator) -> PairSpec:
         name = "cardiomegaly"
         side = "left"  # the heart enlarges toward the patient's left; cardiomegaly takes no side word
     elif kind == "opacity":
-        zone = ("upper", "middle", "lower")[int(rng.integers(0, 3))]  # type: ignore[assignment]
-        with_finding = replace(background, opacity=(side, zone))
+        drawn_zone: Zone = ("upper", "middle", "lower")[int(rng.integers(0, 3))]  # type: ignore[assignment]
+        zone = drawn_zone
+        with_finding = replace(background, opacity=(side, drawn_zone))
         name = "lung opacity"
     else:
         with_finding = replace(background, pneumothorax=side)

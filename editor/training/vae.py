@@ -29,8 +29,8 @@ class VAEConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 16
     resolution: int = 128
-    steps: int = 1500
-    batch_size: int = 32
+    steps: int = 2500
+    batch_size: int = 64
     learning_rate: float = 5e-4
     kl_weight: float = 1e-6
     seed: int = 0
@@ -65,11 +65,11 @@ def load_images(paths: list[Path], resolution: int) -> np.ndarray:
 
     out = np.empty((len(paths), resolution, resolution), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as im:
-            im = im.convert("L")
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.Resampling.BILINEAR)
-            out[i] = np.asarray(im)
+        with Image.open(path) as opened:
+            grey = opened.convert("L")
+        if grey.size != (resolution, resolution):
+            grey = grey.resize((resolution, resolution), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(grey)
     return out
 
 
