@@ -57,3 +57,41 @@ def config_reference() -> None:
     from dicom_node.config_reference import render_markdown
 
     typer.echo(render_markdown())
+
+
+@model_app.command("info")
+def model_info(
+    path: Path = typer.Argument(None, help="Model folder or single file (default: the node's configured model)."),
+) -> None:
+    """Print a model's id, weights hash, resolution and kind (no model is built)."""
+    from dicom_node.context import resolve_model_path
+    from editor.model import ModelLoadError, describe_model
+
+    target = path or resolve_model_path(settings())
+    try:
+        info = describe_model(target)
+    except ModelLoadError as exc:
+        typer.echo(f"x2x: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps({"path": str(target), **info.__dict__}, indent=2))
+
+
+@model_app.command("convert")
+def model_convert(
+    checkpoint: Path = typer.Argument(..., exists=True, help="Original-format .ckpt / .safetensors file."),
+    out_dir: Path = typer.Argument(..., help="Diffusers folder to write."),
+    config: Path = typer.Option(
+        ..., "--config", exists=True, file_okay=False,
+        help="Local diffusers config folder of the SD1.5 InstructPix2Pix layout (see docs/models.md).",
+    ),
+) -> None:
+    """Convert a single-file InstructPix2Pix checkpoint once into a diffusers folder (offline)."""
+    from editor.model import ModelLoadError, load_model, save_model_folder
+
+    try:
+        loaded = load_model(checkpoint, device="cpu", dtype="float32", single_file_config=config)
+    except ModelLoadError as exc:
+        typer.echo(f"x2x: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    save_model_folder(loaded, out_dir)
+    typer.echo(f"wrote {out_dir} (model id {loaded.model_id}, source weights sha256 {loaded.weights_hash[:16]}…)")
