@@ -19,7 +19,7 @@ pytestmark = [
 def test_edit_on_cuda_is_deterministic_and_keeps_outside_pixels(
     tiny_model_dir: Path, chest_cr_path: Path, dtype: str
 ) -> None:
-    from editor import EditParams, Editor, source_from_file
+    from editor import Editor, EditParams, source_from_file
 
     editor = Editor.from_pretrained(tiny_model_dir, device="cuda", dtype=dtype)
     assert editor.model.device.type == "cuda" and str(editor.model.dtype) == f"torch.{dtype}"
@@ -31,7 +31,7 @@ def test_edit_on_cuda_is_deterministic_and_keeps_outside_pixels(
     assert np.array_equal(a.counterfactual, b.counterfactual)
     assert not np.array_equal(a.counterfactual, c.counterfactual)
     assert a.counterfactual.dtype == src.pixels.dtype and a.counterfactual.shape == src.shape
-    assert np.isfinite(a.guidance).all() and 0 <= a.guidance.min() and a.guidance.max() <= 1
+    assert np.isfinite(a.guidance).all() and a.guidance.min() >= 0 and a.guidance.max() <= 1
     outside = ~a.mask
     assert np.array_equal(a.counterfactual[outside], src.pixels[outside])
     assert a.provenance["device"].startswith("cuda")

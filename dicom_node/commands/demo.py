@@ -48,7 +48,9 @@ def model_build_demo(
     vae_steps: Optional[int] = typer.Option(None, help="VAE optimizer steps (default: the recipe's)."),
     pairs: Optional[int] = typer.Option(None, help="Phantom pairs to train on (default: the recipe's)."),
     workers: int = typer.Option(1, min=1, help="Processes drawing phantoms."),
-    work_dir: Optional[Path] = typer.Option(None, help="Scratch folder (phantoms, checkpoints)."),
+    work_dir: Optional[Path] = typer.Option(
+        None, help="Scratch folder (phantoms, checkpoints); default: a temporary folder, removed afterwards."
+    ),
 ) -> None:
     """Build the phantom demo model: phantoms -> VAE -> IP2P UNet with `x2x train`'s code (fixed seeds).
 
