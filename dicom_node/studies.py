@@ -32,6 +32,9 @@ from dicom_node.jobs.store import RECEIVED, Base, idempotency_key, utcnow
 from dicom_node.receive import AssociationEnded, AssociationRejected, InstanceReceived, InstanceRefused
 from dicom_node.spool import Spool
 
+# STOW-RS instances enter the same tracker as C-STORE ones under this pseudo calling AE title.
+STOW_CALLING_AE = "DICOMWEB"
+
 log = logging.getLogger("x2x.studies")
 
 # Study states
@@ -398,8 +401,9 @@ class StudyTracker:
         return outcomes
 
     def _process(self, study_uid: str, called: str | None, calling: str | None) -> StudyOutcome:
+        origin = "stow" if calling == STOW_CALLING_AE else "dimse"
         try:
-            out = create_jobs_for_study(self.ctx, study_uid, called_ae=called, calling_ae=calling)
+            out = create_jobs_for_study(self.ctx, study_uid, called_ae=called, calling_ae=calling, origin=origin)
         except Exception as exc:
             log.exception("study %s: processing failed", study_uid)
             with self.ctx.store.session() as s:

@@ -121,6 +121,7 @@ def test_job_lifecycle_upload_show_cancel_retry(ctx, client: TestClient, chest_c
                                    "instruction": "Remove the finding of cardiomegaly."}, headers=auth)
     assert r.status_code == 201, r.text
     assert len(r.json()["created"]) == 1
+    second_job_id = r.json()["created"][0]
     assert client.post("/jobs", json={"study_instance_uid": "1.2.3.999", "instruction": INSTRUCTION},
                        headers=auth).status_code == 404
     bad = client.post("/jobs", json={"study_instance_uid": ds.StudyInstanceUID, "instruction": "make it pretty"},
@@ -130,6 +131,12 @@ def test_job_lifecycle_upload_show_cancel_retry(ctx, client: TestClient, chest_c
     r = client.post("/jobs", files={"file": ("lat.dcm", _part10(lateral), "application/dicom")},
                     data={"instruction": INSTRUCTION}, headers=auth)
     assert r.status_code == 422 and "view position LL is not frontal" in r.json()["detail"]
+
+    study = client.get(f"/studies/{ds.StudyInstanceUID}").json()
+    # the instance row points at the latest job made from it
+    assert {i["sop_instance_uid"]: i["job_id"] for i in study["instances"]}[ds.SOPInstanceUID] == second_job_id
+    assert ds.StudyInstanceUID in {st["study_instance_uid"] for st in client.get("/studies").json()["studies"]}
+    assert client.get("/studies/1.2.3.999").status_code == 404
 
     listed = client.get("/jobs", params={"state": "queued", "study": ds.StudyInstanceUID}).json()
     assert {j["id"] for j in listed["jobs"]} >= {job_id} and listed["counts"]["queued"] == 2

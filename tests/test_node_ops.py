@@ -133,6 +133,7 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
         assert stow_job["study_instance_uid"] == stow_ds.StudyInstanceUID
         for field in ("instruction", "seed", "params", "model_hash", "state", "called_ae"):
             assert stow_job[field] == dimse_job[field], field
+        assert (stow_job["origin"], dimse_job["origin"]) == ("stow", "dimse")
         assert [j["calling_ae"] for j in jobs].count("STORESCU") == 10
 
         # metrics moved with the work
@@ -158,9 +159,6 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
         with Image.open(shot) as im:
             assert im.size == (1280, 900)
             assert len(set(im.convert("L").resize((64, 64)).getdata())) > 20, "screenshot is blank"
-        docs_img = Path(__file__).resolve().parents[1] / "docs" / "img"
-        docs_img.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, docs_img / "dashboard.png")
 
 
 def chromium(tmp_path: Path, url: str, *mode: str) -> subprocess.CompletedProcess[bytes]:

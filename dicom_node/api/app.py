@@ -79,6 +79,35 @@ def create_app(ctx: NodeContext, *, tracker: Any | None = None) -> FastAPI:
     def show_job(job_id: int) -> dict[str, Any]:
         return job_view(get_job_or_404(job_id))
 
+    # studies: what arrived, which request applied, why instances were skipped ---------------------
+    @app.get("/studies", tags=["studies"])
+    def list_studies(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        from sqlalchemy import select
+
+        from dicom_node.studies import StudyRecord
+
+        with ctx.store.session() as s:
+            rows = s.scalars(
+                select(StudyRecord).order_by(StudyRecord.updated_at.desc()).limit(limit).offset(offset)
+            )
+            return {"studies": [r.to_dict() for r in rows]}
+
+    @app.get("/studies/{study_uid}", tags=["studies"])
+    def show_study(study_uid: str) -> dict[str, Any]:
+        """The study's state and request (or the parser's error), and every instance: job or skip reason."""
+        from sqlalchemy import select
+
+        from dicom_node.studies import StudyInstance, StudyRecord
+
+        with ctx.store.session() as s:
+            record = s.get(StudyRecord, study_uid)
+            if record is None:
+                raise HTTPException(404, f"no study {study_uid}")
+            instances = s.scalars(
+                select(StudyInstance).where(StudyInstance.study_instance_uid == study_uid)
+            )
+            return {**record.to_dict(), "instances": [i.to_dict() for i in instances]}
+
     @app.post("/jobs", tags=["jobs"], status_code=201, dependencies=auth)
     async def submit_job(request: Request) -> dict[str, Any]:
         """JSON `JobRequest` for a study in the spool, or `multipart/form-data` with one or more DICOM

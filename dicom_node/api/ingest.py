@@ -19,13 +19,12 @@ from fastapi import HTTPException
 
 from dicom_node.context import NodeContext
 from dicom_node.spool import Spool, StoreStatus
+from dicom_node.studies import STOW_CALLING_AE
 
 if TYPE_CHECKING:
     from dicom_node.api.app import JobRequest
 
 log = logging.getLogger("x2x.api.ingest")
-
-STOW_CALLING_AE = "DICOMWEB"  # what the study records show as the sender of STOW-RS instances
 
 
 def _spool(ctx: NodeContext) -> Spool:

@@ -95,3 +95,11 @@ def model_convert(
         raise typer.Exit(code=1) from exc
     save_model_folder(loaded, out_dir)
     typer.echo(f"wrote {out_dir} (model id {loaded.model_id}, source weights sha256 {loaded.weights_hash[:16]}…)")
+
+
+@config_app.command("cli-reference")
+def cli_reference() -> None:
+    """Print the command-line reference (every command and option) as Markdown."""
+    from dicom_node.cli_reference import render_markdown
+
+    typer.echo(render_markdown(), nl=False)

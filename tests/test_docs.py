@@ -1,0 +1,45 @@
+"""Docs that are generated from the code must be current; links in the docs must resolve; CI runs the
+README's test command verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_reference_is_current() -> None:
+    from dicom_node.config_reference import render_markdown
+
+    text = (ROOT / "docs" / "config-reference.md").read_text()
+    assert render_markdown() in text, "run: x2x config reference  (and paste into docs/config-reference.md)"
+
+
+def test_cli_reference_is_current() -> None:
+    from dicom_node.cli_reference import render_markdown
+
+    assert (ROOT / "docs" / "cli-reference.md").read_text() == render_markdown(), (
+        "run: x2x config cli-reference > docs/cli-reference.md"
+    )
+
+
+def test_relative_links_in_docs_resolve() -> None:
+    broken = []
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not broken
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, re.S)
+    assert quick_start, "README has no quick-start block"
+    commands = [line.split("#")[0].strip() for line in quick_start.group(1).strip().splitlines()]
+    assert len(commands) == 2, "the quick start is exactly two commands"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci.splitlines()
