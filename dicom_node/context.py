@@ -28,18 +28,34 @@ def resolve_model_path(settings: Settings) -> Path:
     except ImportError:
         demo = None
     if demo is not None:
+        _announce_once(
+            demo,
+            "no [model] path configured: using the PHANTOM DEMO model x2x-phantom-demo-v1 at %s. It knows only "
+            "synthetic phantoms (try `x2x dataset phantom-studies`); set [model] path to real InstructX2X "
+            "weights for radiographs (README).",
+        )
         return demo
     tiny = settings.var_dir / "models" / "tiny-random-fixture"
     if not (tiny / "model_index.json").exists():
         from editor.tiny import init_tiny_model
 
         init_tiny_model(tiny, seed=0)
-    log.warning(
+    _announce_once(
+        tiny,
         "!!! NO MODEL CONFIGURED: using the tiny RANDOM-WEIGHT test fixture at %s. Its edits are "
         "meaningless noise. Set [model] path to real InstructX2X weights (see README). !!!",
-        tiny,
     )
     return tiny
+
+
+_announced: set[Path] = set()
+
+
+def _announce_once(path: Path, message: str) -> None:
+    """Warn about a fallback model once per process (the path is resolved for every job)."""
+    if path not in _announced:
+        _announced.add(path)
+        log.warning(message, path)
 
 
 @dataclass

@@ -84,3 +84,24 @@ def model_build_demo(
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     typer.echo(f"wrote {meta['model_id']} to {out} ({size / 1e6:.1f} MB, "
                f"{meta['recipe']['unet_steps_done']} UNet steps). {meta['warning']}")
+
+
+@dataset_app.command("phantom-studies")
+def dataset_phantom_studies(
+    out_dir: Path = typer.Argument(..., help="Folder to write the DICOM files to."),
+    n: int = typer.Option(4, "--n", min=1, help="Number of studies (one CR image each)."),
+    size: int = typer.Option(256, "--size", min=64, help="Image side in pixels."),
+    seed: int = typer.Option(4242, "--seed", help="Same seed, same files and UIDs (4242: never trained on)."),
+) -> None:
+    """Write phantom chest CR studies whose private tag asks for an edit: send them to the node to see it work.
+
+    Example: x2x dataset phantom-studies demo/ && storescu -R -aec X2X 127.0.0.1 11112 demo/*.dcm
+    """
+    import pydicom
+
+    from dicom_node.phantom_studies import write_phantom_studies
+
+    for path in write_phantom_studies(out_dir, n=n, size=size, seed=seed):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        block = ds.private_block(0x0071, "INSTRUCTX2X")
+        typer.echo(f"{path}: {block[0x10].value}")
