@@ -3,14 +3,12 @@ show neither SEG nor Parametric Map. Red is blended in with opacity 0.6 x G, so 
 
 from __future__ import annotations
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.display import display_image
-from dicom_node.results.geometry import metadata_copy, orientation_labels
-from dicom_node.results.provenance import PROJECT_NAME, contributing_equipment, mark_synthetic
+from dicom_node.results.provenance import mark_synthetic
+from dicom_node.results.sc import synthetic_sc
 from editor.types import EditResult
 
 MAX_OPACITY = 0.6
@@ -42,28 +40,10 @@ def overlay_sc(
 ) -> Dataset:
     rgb = overlay_rgb(source_display(source, result), result.guidance)
     instruction = result.instruction.canonical()
-    labels = orientation_labels(source)
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=metadata_copy(source),
-        pixel_array=rgb,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=PROJECT_NAME,
-        # highdicom insists on an orientation; an unknown one is emptied below, never guessed
-        patient_orientation=labels or ("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[contributing_equipment(result, institution_name)],
+    sc = synthetic_sc(
+        source, result, rgb, photometric="RGB", bits_allocated=8,
+        series_uid=series_uid, sop_uid=sop_uid, series_number=series_number, institution_name=institution_name,
     )
-    sc.PatientOrientation = list(labels) if labels else None  # type: ignore[assignment]  # None = empty
-    sc.ConversionType = "SYN"
-    sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.BurnedInAnnotation = "NO"
-    sc.LossyImageCompression = "00"
     sc.ImageComments = (
         "SYNTHETIC overlay: the ORIGINAL source image in grey, InstructX2X guidance map G in red "
         f"(opacity {MAX_OPACITY} x G). Not for diagnosis. Instruction: {instruction}"

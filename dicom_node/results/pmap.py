@@ -14,11 +14,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_node.results.codes import GUIDANCE_QUANTITY, UNITLESS
 from dicom_node.results.geometry import metadata_copy, orientation_labels, plane_geometry
 from dicom_node.results.provenance import (
-    PROJECT_NAME,
     contributing_equipment,
     derivation_description,
+    derived_object_identity,
     mark_synthetic,
-    software_versions,
     truncate,
 )
 from editor.types import EditResult
@@ -57,14 +56,7 @@ def parametric_map(
     pm = hd.pm.ParametricMap(
         source_images=[ref],
         pixel_array=guidance[None],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=PROJECT_NAME,
-        manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
-        software_versions=software_versions(result),  # type: ignore[arg-type]  # LO VM 1-n
-        device_serial_number="none",
+        **derived_object_identity(result, series_uid=series_uid, sop_uid=sop_uid, series_number=series_number),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],

@@ -63,6 +63,22 @@ def software_versions(result: EditResult) -> list[str]:
     return [f"x2x-node {software_version()}", truncate(f"model {result.model_hash[:16]}", LO_MAX_CHARS)]
 
 
+def derived_object_identity(
+    result: EditResult, *, series_uid: str, sop_uid: str, series_number: int
+) -> dict[str, Any]:
+    """The identity arguments every highdicom derived object (SEG, Parametric Map) gets from a job."""
+    return {
+        "series_instance_uid": series_uid,
+        "series_number": series_number,
+        "sop_instance_uid": sop_uid,
+        "instance_number": 1,
+        "manufacturer": PROJECT_NAME,
+        "manufacturer_model_name": truncate(result.model_id or "unknown model", 64),
+        "software_versions": software_versions(result),
+        "device_serial_number": "none",
+    }
+
+
 def contributing_equipment(result: EditResult, institution_name: str | None = None) -> hd.ContributingEquipment:
     """(109100, DCM, "Synthesizing Equipment"): this project, the model id and both versions."""
     return hd.ContributingEquipment(

@@ -51,25 +51,23 @@ def stored_pixels(source: Dataset, counterfactual: np.ndarray) -> tuple[np.ndarr
     return arr, bits_stored, signed
 
 
-def counterfactual_sc(
+def synthetic_sc(
     source: Dataset,
     result: EditResult,
+    pixel_array: np.ndarray,
     *,
+    photometric: str,
+    bits_allocated: int,
     series_uid: str,
     sop_uid: str,
     series_number: int,
     institution_name: str | None = None,
 ) -> Dataset:
-    photometric = str(source.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"counterfactual SC needs a grayscale source, got {photometric}")
-    pixels, bits_stored, signed = stored_pixels(source, result.counterfactual)
-    bits_allocated = 8 if pixels.dtype == np.uint8 else 16
-    instruction = result.instruction.canonical()
+    """A Secondary Capture of a synthesized image in the source's study (counterfactual and overlay)."""
     labels = orientation_labels(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=metadata_copy(source),
-        pixel_array=pixels,
+        pixel_array=pixel_array,
         photometric_interpretation=photometric,
         bits_allocated=bits_allocated,
         coordinate_system="PATIENT",
@@ -87,11 +85,33 @@ def counterfactual_sc(
     sc.PatientOrientation = list(labels) if labels else None  # type: ignore[assignment]  # None = empty
     sc.ConversionType = "SYN"
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "NO"
+    sc.LossyImageCompression = "00"
+    return sc
+
+
+def counterfactual_sc(
+    source: Dataset,
+    result: EditResult,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    institution_name: str | None = None,
+) -> Dataset:
+    photometric = str(source.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"counterfactual SC needs a grayscale source, got {photometric}")
+    pixels, bits_stored, signed = stored_pixels(source, result.counterfactual)
+    bits_allocated = 8 if pixels.dtype == np.uint8 else 16
+    instruction = result.instruction.canonical()
+    sc = synthetic_sc(
+        source, result, pixels, photometric=photometric, bits_allocated=bits_allocated,
+        series_uid=series_uid, sop_uid=sop_uid, series_number=series_number, institution_name=institution_name,
+    )
     sc.BitsStored = bits_stored
     sc.HighBit = bits_stored - 1
     sc.PixelRepresentation = 1 if signed else 0
-    sc.BurnedInAnnotation = "NO"
-    sc.LossyImageCompression = "00"
     for keyword in _LUT_KEYWORDS:
         if keyword in source:
             sc[keyword] = source[keyword]

@@ -15,11 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_node.results.codes import FINDING_CATEGORY, GENERIC_FINDING, finding_code
 from dicom_node.results.geometry import metadata_copy, orientation_labels
 from dicom_node.results.provenance import (
-    PROJECT_NAME,
     algorithm_identification,
     contributing_equipment,
+    derived_object_identity,
     mark_synthetic,
-    software_versions,
     truncate,
 )
 from editor.types import EditResult
@@ -87,14 +86,7 @@ def binary_seg(
         pixel_array=stack[None].astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=PROJECT_NAME,
-        manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
-        software_versions=software_versions(result),  # type: ignore[arg-type]  # LO VM 1-n
-        device_serial_number="none",
+        **derived_object_identity(result, series_uid=series_uid, sop_uid=sop_uid, series_number=series_number),
         content_label="X2X_MASK",
         content_description=truncate(f"SYNTHETIC edit mask M: {result.instruction.canonical()}", 64),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -128,14 +120,7 @@ def fractional_seg(
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=FRACTIONAL_MAX,
         segment_descriptions=[_segment(1, label, property_type, result)],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=PROJECT_NAME,
-        manufacturer_model_name=truncate(result.model_id or "unknown model", 64),
-        software_versions=software_versions(result),  # type: ignore[arg-type]  # LO VM 1-n
-        device_serial_number="none",
+        **derived_object_identity(result, series_uid=series_uid, sop_uid=sop_uid, series_number=series_number),
         content_label="X2X_GUIDANCE",
         content_description=truncate(f"SYNTHETIC guidance map G: {result.instruction.canonical()}", 64),
         transfer_syntax_uid=ExplicitVRLittleEndian,
