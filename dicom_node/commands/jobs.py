@@ -10,26 +10,22 @@ import typer
 
 from dicom_node.cli_apps import jobs_app, settings
 
-RETRYABLE = ("failed", "dead-letter", "cancelled")
-
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: int = typer.Argument(..., help="Job id (see `x2x jobs list`).")) -> None:
     """Queue a failed, dead-lettered or cancelled job again; a running worker picks it up."""
     from dicom_node.context import build_context
-    from dicom_node.jobs import dispatch
-    from dicom_node.jobs.store import QUEUED
+    from dicom_node.jobs.admin import JobActionError, retry_job
 
     ctx = build_context(settings())
     job = ctx.store.get(job_id)
     if job is None:
         typer.echo(f"x2x jobs retry: no job {job_id}", err=True)
         raise typer.Exit(code=1)
-    if job.state not in RETRYABLE:
-        typer.echo(f"x2x jobs retry: job {job_id} is {job.state}; only {', '.join(RETRYABLE)} jobs are retried",
-                   err=True)
-        raise typer.Exit(code=1)
-    previous = job.state
-    ctx.store.set_state(job_id, QUEUED, attempts=0, next_attempt_at=None, finished_at=None)
-    dispatch.enqueue(ctx, job_id)
-    typer.echo(f"job {job_id} queued again (was {previous}; last error: {job.last_error or 'none'})")
+    previous, last_error = job.state, job.last_error
+    try:
+        retry_job(ctx, job_id)  # atomic: only failed, dead-letter or cancelled jobs move back to queued
+    except JobActionError as exc:
+        typer.echo(f"x2x jobs retry: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"job {job_id} queued again (was {previous}; last error: {last_error or 'none'})")
