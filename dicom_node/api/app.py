@@ -9,35 +9,16 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from dicom_node.api import health
 from dicom_node.api.auth import require_token, resolve_token
 from dicom_node.api.metrics import render_metrics
+from dicom_node.api.views import PREVIEW_KINDS, JobRequest, job_view
 from dicom_node.context import NodeContext
 from dicom_node.jobs.store import STATES, Job
 
 log = logging.getLogger("x2x.api")
-
-PREVIEW_KINDS = ("source", "counterfactual", "overlay")
-
-
-class JobRequest(BaseModel):
-    """An edit of a study already in the spool (received over C-STORE or STOW-RS)."""
-
-    study_instance_uid: str = Field(..., description="Study Instance UID of a study in the spool")
-    instruction: str = Field(..., examples=["Add the finding of pleural effusion."])
-    seed: int | None = None
-    steps: int | None = Field(None, ge=1)
-    destination: str | None = Field(None, description="destination name from the config; default: rules")
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    out = job.to_dict()
-    out.pop("source_path", None)  # a server path is of no use to a client
-    out["previews"] = {kind: f"/jobs/{job.id}/previews/{kind}.png" for kind in PREVIEW_KINDS}
-    return out
-
 
 def create_app(ctx: NodeContext, *, tracker: Any | None = None) -> FastAPI:
     """The API for this node. `tracker`: the running node's StudyTracker, so that STOW-RS studies

@@ -10,7 +10,7 @@ import html
 import json
 from typing import Any
 
-from dicom_node.api.app import job_view
+from dicom_node.api.views import job_view
 from dicom_node.context import NodeContext
 
 _STYLE = """

@@ -12,17 +12,15 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydicom
 from fastapi import HTTPException
 
+from dicom_node.api.views import JobRequest, job_view
 from dicom_node.context import NodeContext
 from dicom_node.spool import Spool, StoreStatus
 from dicom_node.studies import STOW_CALLING_AE
-
-if TYPE_CHECKING:
-    from dicom_node.api.app import JobRequest
 
 log = logging.getLogger("x2x.api.ingest")
 
@@ -120,7 +118,6 @@ def submit_upload(ctx: NodeContext, uploads: list[bytes], req: JobRequest) -> di
 
 
 def _outcome_view(ctx: NodeContext, outcome: Any) -> dict[str, Any]:
-    from dicom_node.api.app import job_view
 
     if outcome.error and not (outcome.created_jobs or outcome.existing_jobs):
         raise HTTPException(422, outcome.error)
