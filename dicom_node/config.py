@@ -30,27 +30,29 @@ class _Section(BaseModel):
 
 
 class TLSConfig(_Section):
-    enabled: bool = False
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    ca_file: Path | None = None
-    require_client_cert: bool = False
+    enabled: bool = Field(False, description="DICOM TLS on the SCP port")
+    cert_file: Path | None = Field(None, description="the node's certificate (PEM)")
+    key_file: Path | None = Field(None, description="the node's private key (PEM)")
+    ca_file: Path | None = Field(None, description="CA bundle that client certificates must chain to")
+    require_client_cert: bool = Field(False, description="reject associations without a valid client certificate")
 
 
 class NodeConfig(_Section):
     """The DICOM SCP (C-STORE / C-ECHO)."""
 
-    ae_title: str = "X2X"
-    host: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
+    ae_title: str = Field("X2X", description="the SCP's AE title (called-AE rules add more)")
+    host: str = Field("0.0.0.0", description="address the SCP listens on")
+    port: int = Field(11112, ge=1, le=65535, description="DICOM port")
     # pynetdicom's default of 10 rejects the 11th concurrent sender: keep headroom.
-    max_associations: int = Field(64, ge=1)
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 60.0
-    network_timeout: float = 60.0
+    max_associations: int = Field(64, ge=1, description="concurrent associations accepted")
+    acse_timeout: float = Field(30.0, description="seconds for association negotiation")
+    dimse_timeout: float = Field(60.0, description="seconds to wait for a DIMSE message")
+    network_timeout: float = Field(60.0, description="seconds of network silence before aborting")
     maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
     allowed_calling_aes: list[str] = Field(default_factory=list, description="empty = accept any AE")
-    study_quiet_seconds: float = Field(5.0, ge=0)
+    study_quiet_seconds: float = Field(
+        5.0, ge=0, description="a study is complete this long after its last instance (associations released)"
+    )
     spool_fsync: bool = Field(
         True,
         description="fsync every instance (file + folder) before answering Success. false is UNSAFE "
@@ -70,9 +72,9 @@ class NodeConfig(_Section):
 
 
 class PathsConfig(_Section):
-    var_dir: Path = Path("var")
-    spool_dir: Path | None = None  # default <var_dir>/spool
-    results_dir: Path | None = None  # default <var_dir>/results (copies of what was sent + previews)
+    var_dir: Path = Field(Path("var"), description="spool, databases, results and generated files")
+    spool_dir: Path | None = Field(None, description="received instances; default <var_dir>/spool")
+    results_dir: Path | None = Field(None, description="outputs + previews per job; default <var_dir>/results")
 
     def spool(self) -> Path:
         return self.spool_dir or self.var_dir / "spool"
@@ -82,15 +84,21 @@ class PathsConfig(_Section):
 
 
 class DatabaseConfig(_Section):
-    url: str | None = None  # default sqlite:///<var_dir>/jobs.sqlite
+    url: str | None = Field(
+        None, description="SQLAlchemy URL of the job store; default sqlite:///<var_dir>/jobs.sqlite"
+    )
 
 
 class QueueConfig(_Section):
     """Celery. Embedded default: SQLite broker + result backend under var_dir, no server."""
 
-    broker_url: str | None = None  # default sqla+sqlite:///<var_dir>/broker.sqlite
-    result_backend: str | None = None  # default db+sqlite:///<var_dir>/celery-results.sqlite
-    embedded_worker: bool = True  # `x2x serve` runs one worker (solo pool) in-process
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis://, amqp://); default sqla+sqlite:///<var_dir>/broker.sqlite"
+    )
+    result_backend: str | None = Field(
+        None, description="Celery results; default db+sqlite:///<var_dir>/celery-results.sqlite"
+    )
+    embedded_worker: bool = Field(True, description="`x2x serve` also runs one worker (solo pool)")
     # Restart safety: a running job's worker renews a lease; a job whose lease is older than this (or
     # whose worker process on this host is gone) is put back on the queue by any worker's sweep.
     lease_seconds: float = Field(
@@ -106,44 +114,65 @@ class QueueConfig(_Section):
 
 
 class APIConfig(_Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    token: SecretStr | None = None  # bearer token for mutating endpoints; None = generated at start
+    enabled: bool = Field(True, description="serve the REST API and dashboard from `x2x serve`")
+    host: str = Field("127.0.0.1", description="API address (0.0.0.0 to serve beyond this machine)")
+    port: int = Field(8000, ge=1, le=65535, description="API port")
+    token: SecretStr | None = Field(
+        None, description="bearer token for mutating endpoints; unset = generated into <var_dir>/api-token"
+    )
 
 
 class ModelConfig(_Section):
-    path: Path | None = None  # None = the default model (phantom demo when present, else tiny fixture)
-    single_file_config: Path | None = None  # for original-format .ckpt/.safetensors
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    path: Path | None = Field(
+        None, description="diffusers folder or .ckpt/.safetensors; unset = the phantom demo model (docs/models.md)"
+    )
+    single_file_config: Path | None = Field(
+        None, description="local diffusers config folder for a single-file checkpoint (never fetched)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto = bf16 (else fp16) on CUDA, fp32 on CPU"
+    )
 
 
 class EditDefaults(_Section):
     """Defaults for editor.EditParams (the paper's values)."""
 
-    steps: int = Field(100, ge=1)
-    text_guidance: float = 7.5
-    image_guidance: float = 1.5
-    tau: float = Field(0.1, ge=0, le=1)
-    seed: int = 0
+    steps: int = Field(100, ge=1, description="DDIM steps (fewer = faster, coarser)")
+    text_guidance: float = Field(7.5, description="s_T, text guidance scale")
+    image_guidance: float = Field(1.5, description="s_I, image guidance scale")
+    tau: float = Field(0.1, ge=0, le=1, description="guidance-map threshold; 0 = no RSE (plain InstructPix2Pix)")
+    seed: int = Field(0, description="default seed when neither rule nor request gives one")
+    resolution: int | None = Field(None, ge=64, description="model grid's shorter side; unset = the model's own")
+    prior: Literal["anatomy", "paper", "none"] = Field(
+        "anatomy", description="region prior: per-image anatomy, the paper's fixed masks, or none"
+    )
+    paper_prior_dir: str | None = Field(None, description="folder of pseudo_mask_<Finding>.npy for prior = paper")
+    blend_timestep: Literal["current", "next"] = Field(
+        "current", description="current = research code (default); next = corrected noise level after each step"
+    )
+    feather_px: int = Field(4, ge=0, description="inward feathering of the mask edge at native resolution")
 
 
 class Rule(_Section):
     """Called-AE rule: studies sent to this AE title get this instruction."""
 
-    called_ae: str
-    instruction: str
-    seed: int | None = None
-    steps: int | None = None
-    destination: str | None = None  # name in [destinations]
+    called_ae: str = Field(..., description="AE title the PACS sends to, e.g. X2X_EFFUSION")
+    instruction: str = Field(..., description="e.g. 'Add the finding of pleural effusion.'")
+    seed: int | None = Field(None, description="overrides [edit] seed")
+    steps: int | None = Field(None, description="overrides [edit] steps")
+    destination: str | None = Field(None, description="name in [destinations] the results go to")
 
 
 class RequestsConfig(_Section):
-    private_creator: str = "INSTRUCTX2X"
-    private_group: int = 0x0071
-    standard_attribute: str | None = None  # e.g. "RequestedProcedureDescription"
-    default_instruction: str | None = None  # for the node's own AE title when nothing else applies
+    private_creator: str = Field("INSTRUCTX2X", description="private creator of the request block")
+    private_group: int = Field(0x0071, description="group of the private request block (0x0071 = 113)")
+    standard_attribute: str | None = Field(
+        None, description="keyword of a standard attribute holding the instruction, e.g. RequestedProcedureDescription"
+    )
+    default_instruction: str | None = Field(
+        None, description="instruction for studies sent to the node's own AE title when nothing else applies"
+    )
 
 
 class Destination(_Section):
@@ -158,22 +187,22 @@ class Destination(_Section):
 
 
 class SendConfig(_Section):
-    default_destination: str | None = None
-    max_attempts: int = Field(5, ge=1)
-    backoff_seconds: float = Field(2.0, ge=0)
-    backoff_max_seconds: float = Field(300.0, ge=0)
+    default_destination: str | None = Field(None, description="name in [destinations] when no rule or peer applies")
+    max_attempts: int = Field(5, ge=1, description="send attempts before a job is dead-lettered")
+    backoff_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles each attempt")
+    backoff_max_seconds: float = Field(300.0, ge=0, description="longest retry delay")
     # calling AE -> destination name, for "send back to the sender's configured peer"
     peers: dict[str, str] = Field(default_factory=dict)
 
 
 class ResultsConfig(_Section):
-    uid_root: str | None = None  # None = 2.25.<int> derived from the idempotency key
-    institution_name: str | None = None
+    uid_root: str | None = Field(None, description="UID root of outputs; unset = 2.25.<int> from the job's key")
+    institution_name: str | None = Field(None, description="written into Contributing Equipment")
 
 
 class LoggingConfig(_Section):
-    level: str = "INFO"
-    json_format: bool = False
+    level: str = Field("INFO", description="DEBUG / INFO / WARNING / ERROR")
+    json_format: bool = Field(False, description="one JSON object per log line")
 
 
 class _TomlSource(PydanticBaseSettingsSource):

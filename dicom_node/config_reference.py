@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,12 +17,12 @@ def _type_name(annotation: Any) -> str:
 
 
 def _default(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
-        if isinstance(value, BaseModel):
-            return ""
-        return repr(value)
-    return repr(field.default)
+    value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, PurePath):
+        return repr(str(value))
+    return repr(value)
 
 
 def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
@@ -43,5 +44,6 @@ def render_markdown() -> str:
     ]
     for key, type_name, default, notes in _rows(Settings, ""):
         env = "X2X_" + key.upper().replace(".", "__")
-        lines.append(f"| `{key}` (`{env}`) | `{type_name}` | `{default}` | {notes} |")
+        cells = [f"`{key}` (`{env}`)", f"`{type_name}`", f"`{default}`", notes]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)

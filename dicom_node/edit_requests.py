@@ -51,13 +51,10 @@ class EditRequest:
 
 def edit_params(settings: Settings, steps: int | None = None) -> dict[str, Any]:
     """The job's EditParams fields from `[edit]` (plus a rule's overrides)."""
-    e = settings.edit
-    return {
-        "steps": int(steps if steps is not None else e.steps),
-        "text_guidance": float(e.text_guidance),
-        "image_guidance": float(e.image_guidance),
-        "tau": float(e.tau),
-    }
+    params = settings.edit.model_dump(exclude={"seed"}, exclude_none=True)  # seed is the job's own column
+    if steps is not None:
+        params["steps"] = int(steps)
+    return params
 
 
 def write_private_block(

@@ -42,6 +42,7 @@ def batch(
     )
 
     from dicom_node.batch import BatchRunner, Manifest, parse_peer, plan_items, read_instructions_csv
+    from dicom_node.edit_requests import edit_params
     from dicom_node.logs import setup_logging
     from editor.types import EditParams
 
@@ -71,12 +72,7 @@ def batch(
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out)
     todo = [it for it in items if it.key not in manifest.done_keys]
-    params = EditParams(
-        steps=steps or s.edit.steps,
-        text_guidance=s.edit.text_guidance,
-        image_guidance=s.edit.image_guidance,
-        tau=s.edit.tau,
-    )
+    params = EditParams(**edit_params(s, steps))
 
     def load_editor():  # type: ignore[no-untyped-def]
         from dicom_node.context import resolve_model_path
