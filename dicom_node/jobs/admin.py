@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
-
 from dicom_node.context import NodeContext
-from dicom_node.jobs.store import CANCELLED, DEAD_LETTER, DONE, FAILED, QUEUED, Job, utcnow
+from dicom_node.jobs.store import CANCELLED, DEAD_LETTER, DONE, FAILED, QUEUED, STATES, Job, utcnow
+
+CANCELLABLE = tuple(st for st in STATES if st not in (DONE, CANCELLED))  # failed/dead-letter too
+RETRYABLE = (FAILED, DEAD_LETTER, CANCELLED)
 
 
 class JobActionError(Exception):
@@ -15,16 +16,9 @@ class JobActionError(Exception):
 def cancel_job(ctx: NodeContext, job_id: int) -> Job:
     """Cancel a job that has not finished. A job already being edited finishes its current stage but
     the pipeline will not start the next one (it checks the state); its outputs are never sent twice."""
-    now = utcnow()
-    with ctx.store.session() as s:
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state.not_in((DONE, CANCELLED)))
-            .values(state=CANCELLED, finished_at=now, updated_at=now, next_attempt_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        changed = result.rowcount == 1  # type: ignore[attr-defined]
-    job = ctx.store.get(job_id)
+    job, changed = ctx.store.transition_if(
+        job_id, CANCELLABLE, state=CANCELLED, finished_at=utcnow(), next_attempt_at=None
+    )
     if job is None:
         raise KeyError(job_id)
     if not changed:
@@ -36,16 +30,9 @@ def retry_job(ctx: NodeContext, job_id: int) -> Job:
     """Queue a failed, dead-lettered or cancelled job again (attempt counter reset)."""
     from dicom_node.jobs import queue
 
-    now = utcnow()
-    with ctx.store.session() as s:
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state.in_((FAILED, DEAD_LETTER, CANCELLED)))
-            .values(state=QUEUED, attempts=0, next_attempt_at=None, finished_at=None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        changed = result.rowcount == 1  # type: ignore[attr-defined]
-    job = ctx.store.get(job_id)
+    job, changed = ctx.store.transition_if(
+        job_id, RETRYABLE, state=QUEUED, attempts=0, next_attempt_at=None, finished_at=None
+    )
     if job is None:
         raise KeyError(job_id)
     if not changed:

@@ -187,6 +187,21 @@ class JobStore:
             job.updated_at = utcnow()
             return job
 
+    def transition_if(self, job_id: int, allowed: Sequence[str], **values: Any) -> tuple[Job | None, bool]:
+        """Atomically set `values` on the job only while its state is in `allowed` (one conditional UPDATE,
+        so two actors racing on the same job cannot both win). Returns (job as it is now, changed)."""
+        from sqlalchemy import update
+
+        with self.session() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(tuple(allowed)))
+                .values(**values, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            changed = result.rowcount == 1  # type: ignore[attr-defined]
+        return self.get(job_id), changed
+
     def set_state(self, job_id: int, state: str, **fields: Any) -> Job:
         if state not in STATES:
             raise ValueError(f"unknown job state {state!r}")
