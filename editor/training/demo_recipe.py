@@ -49,7 +49,8 @@ class DemoRecipe:
     @classmethod
     def cpu_preset(cls) -> DemoRecipe:
         """Same architecture, fewer samples seen, for 2 CPU cores. Measured here (torch 2.13 CPU, 2 threads):
-        VAE step (batch 8) ~1.0 s, UNet step (batch 8) ~0.55 s -> ~10 + ~18 min. Not the shipped model."""
+        VAE step (batch 8) ~1.0 s, UNet step (batch 8) ~0.55 s -> ~10 + ~18 min (a full run: 29 min 53 s).
+        Not the shipped model, and measured NOT to learn the effusion edit yet (docs/demo-model.md)."""
         return cls(n_pairs=1500, vae=VAEConfig(steps=600, batch_size=8), unet_steps=2000, unet_batch_size=8,
                    chunk_steps=500)
 
