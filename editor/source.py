@@ -51,6 +51,12 @@ def _lut_from_item(item: Dataset) -> tuple[np.ndarray, int] | None:
     return table[:n_entries], first_mapped
 
 
+def _first_lut(ds: Dataset, keyword: str) -> tuple[np.ndarray | None, int]:
+    """(table, first mapped value) of the first item of a LUT sequence; (None, 0) when absent or unusable."""
+    items = ds.get(keyword)
+    lut = _lut_from_item(items[0]) if items else None
+    return lut if lut is not None else (None, 0)
+
 def source_from_dataset(ds: Dataset) -> SourceImage:
     """SourceImage of frame 0 of a greyscale DICOM image (decompressing when needed)."""
     if "PixelData" not in ds:
@@ -71,18 +77,8 @@ def source_from_dataset(ds: Dataset) -> SourceImage:
     if pixels.ndim != 2:
         raise UnsupportedImageError(f"unsupported image: expected 2-D pixels, got shape {pixels.shape}")
 
-    modality_lut: np.ndarray | None = None
-    modality_first = 0
-    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
-        lut = _lut_from_item(ds.ModalityLUTSequence[0])
-        if lut is not None:
-            modality_lut, modality_first = lut
-    voi_lut: np.ndarray | None = None
-    voi_first = 0
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        lut = _lut_from_item(ds.VOILUTSequence[0])
-        if lut is not None:
-            voi_lut, voi_first = lut
+    modality_lut, modality_first = _first_lut(ds, "ModalityLUTSequence")
+    voi_lut, voi_first = _first_lut(ds, "VOILUTSequence")
 
     orientation = ds.get("PatientOrientation")
     patient_orientation: tuple[str, str] | None = None
