@@ -30,7 +30,7 @@ def resolve_model_path(settings: Settings) -> Path:
     if demo is not None:
         _announce_once(
             demo,
-            "no [model] path configured: using the PHANTOM DEMO model x2x-phantom-demo-v1 at %s. It knows only "
+            "no [model] path configured: using the PHANTOM DEMO model at %s. It knows only "
             "synthetic phantoms (try `x2x dataset phantom-studies`); set [model] path to real InstructX2X "
             "weights for radiographs (README).",
         )

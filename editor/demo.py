@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-DEMO_MODEL_ID = "x2x-phantom-demo-v1"
+DEMO_MODEL_ID = "x2x-phantom-demo-v2"
 DEMO_KIND = "phantom-demo"
 DEMO_WARNING = (
     "Phantom demo model: trained only on synthetic chest phantoms (no patient data). It knows only "

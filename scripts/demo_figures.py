@@ -1,6 +1,7 @@
 """Figures and numbers for docs/demo-model.md: the shipped phantom demo model on held-out phantoms.
 
-    .venv/bin/python scripts/demo_figures.py [--patients 4] [--steps 20] [--out docs/img]
+    .venv/bin/python scripts/demo_figures.py [--patients 4] [--steps 20] [--out docs/img] [--model DIR]
+                                             [--prefix demo]
 
 Prints one JSON object of measurements and writes before / after / overlay strips (PNG) to --out.
 """
@@ -50,8 +51,10 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("docs/img"))
+    ap.add_argument("--model", type=Path, default=None, help="another build (default: the shipped model)")
+    ap.add_argument("--prefix", default="demo", help="file-name prefix of the PNG strips")
     args = ap.parse_args()
-    path = demo_model_path()
+    path = args.model or demo_model_path()
     if path is None:
         raise SystemExit("no demo model shipped: run `x2x model build-demo` first")
     ed = Editor.from_pretrained(path, device="cpu", dtype="float32")
@@ -63,11 +66,14 @@ def main() -> None:
         eff_clean = render(p, Findings(effusion={"left": "moderate"}), SIZE)
         truth = change_mask(clear_clean, eff_clean)
         clear, eff = expose(p, clear_clean), expose(p, eff_clean)
-        base_r = region_masks(p, SIZE)["base_image_right"]
+        regions = region_masks(p, SIZE)
+        base_r, base_l = regions["base_image_right"], regions["base_image_left"]
         add_on = ed.edit(to_source_image(clear), "Add the finding of left pleural effusion.", seed=0,
                          params=EditParams(steps=args.steps))
         add_off = ed.edit(to_source_image(clear), "Add the finding of left pleural effusion.", seed=0,
                           params=EditParams(steps=args.steps, rse=False))
+        add_right = ed.edit(to_source_image(clear), "Add the finding of right pleural effusion.", seed=0,
+                            params=EditParams(steps=args.steps))
         rem = ed.edit(to_source_image(eff), "Remove the finding of left pleural effusion.", seed=0,
                       params=EditParams(steps=args.steps))
         d_on = add_on.counterfactual / 255.0 - clear / 255.0
@@ -78,6 +84,7 @@ def main() -> None:
             "add_gain_image_right_base": float(d_on[base_r].mean()),
             "add_abs_change_elsewhere": float(np.abs(d_on[~base_r]).mean()),
             "add_gain_in_truth": float(d_on[truth].mean()),
+            "add_right_gain_image_left_base": float((add_right.counterfactual / 255.0 - clear / 255.0)[base_l].mean()),
             "iou_mask_truth": float((add_on.mask & truth).sum() / (add_on.mask | truth).sum()),
             "truth_recall": float((add_on.mask & truth).sum() / truth.sum()),
             "mask_coverage": float(add_on.coverage),
@@ -90,9 +97,9 @@ def main() -> None:
         })
         if k == 0:
             strip([clear, add_on.counterfactual, overlay(clear / 255.0, add_on.guidance, 0.1, truth),
-                   add_off.counterfactual]).save(args.out / "demo-add-left-effusion.png", optimize=True)
+                   add_off.counterfactual]).save(args.out / f"{args.prefix}-add-left-effusion.png", optimize=True)
             strip([eff, rem.counterfactual, overlay(eff / 255.0, rem.guidance, 0.1, truth)]).save(
-                args.out / "demo-remove-left-effusion.png", optimize=True)
+                args.out / f"{args.prefix}-remove-left-effusion.png", optimize=True)
     mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "patient"}
     print(json.dumps({"model_id": ed.model_id, "steps": args.steps, "held_out_seed": HELD_OUT_SEED,
                       "mean": mean, "per_patient": rows}, indent=2))

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from editor.demo import DEMO_MODEL_ID
 from tests.support.dicom_files import storescu
 from tests.support.node import run_node
 
@@ -50,7 +51,7 @@ def test_default_node_edits_phantom_studies_with_the_demo_model(tmp_path: Path) 
         jobs = node.wait_for(all_done, timeout=240, what="2 done jobs")
         assert "PHANTOM DEMO model" in node.log_text()
     for job in jobs:
-        assert job["model_id"] == "x2x-phantom-demo-v1"
+        assert job["model_id"] == DEMO_MODEL_ID
         folder = node.var_dir / "results" / str(job["id"])
         assert {p.name for p in folder.glob("*.dcm")} == {
             "counterfactual.dcm", "seg.dcm", "fseg.dcm", "pmap.dcm", "overlay.dcm"

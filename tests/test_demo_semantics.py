@@ -3,17 +3,22 @@
 These are the demo's promises: an instruction changes the right place (laterality from the DICOM
 orientation: patient's left on the image's right), "Remove" undoes a finding, the guidance mask sits on
 the true change, and RSE keeps the rest of the image as it was.
+
+X2X_TEST_DEMO_MODEL=<folder> runs the same promises against another build (e.g. `x2x model build-demo
+--preset cpu`'s output) instead of the shipped model.
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from editor.demo import DEMO_KIND, demo_model_path
+from editor.demo import DEMO_KIND, DEMO_MODEL_ID, demo_model_path
 from editor.training.phantoms import Findings, Patient, change_mask, expose, region_masks, render, to_source_image
 from editor.types import EditParams
 
@@ -28,7 +33,8 @@ REMOVE_LEFT = "Remove the finding of left pleural effusion."
 
 @lru_cache(maxsize=1)
 def _editor() -> Any:
-    path = demo_model_path()
+    override = os.environ.get("X2X_TEST_DEMO_MODEL")
+    path = Path(override) if override else demo_model_path()
     if path is None:
         # it ships in the repository: its absence is a packaging error, not a reason to skip
         pytest.fail("no demo model in editor/assets/demo-model (run `x2x model build-demo`)")
@@ -63,7 +69,7 @@ def _change(src: np.ndarray, result: Any) -> np.ndarray:
 
 def test_demo_model_is_labelled_a_phantom_demo() -> None:
     ed = _editor()
-    assert ed.model_id == "x2x-phantom-demo-v1"
+    assert ed.model_id == DEMO_MODEL_ID
     assert ed.model.kind == DEMO_KIND
     assert ed.resolution == SIZE
 

@@ -146,7 +146,7 @@ def test_build_demo_command_runs_the_whole_recipe(tmp_path: Path) -> None:
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, [
-        "model", "build-demo", str(out), "--device", "cpu", "--preset", "cpu", "--pairs", "12",
+        "model", "build-demo", str(out), "--device", "cpu", "--pairs", "12",
         "--vae-steps", "2", "--unet-steps", "2", "--work-dir", str(tmp_path / "work"),
     ])
     assert result.exit_code == 0, result.output
@@ -158,5 +158,6 @@ def test_build_demo_command_runs_the_whole_recipe(tmp_path: Path) -> None:
     info = describe_model(out)
     assert info.model_id == DEMO_MODEL_ID and info.resolution == 128
     vae_cfg = json.loads((out / "vae" / "config.json").read_text())
-    assert len(vae_cfg["block_out_channels"]) == 3  # 4x VAE: 128 px -> 32x32 latents
+    assert len(vae_cfg["block_out_channels"]) == 4  # 8x VAE: 128 px -> 16x16 latents
+    assert meta["recipe"]["cache_latents"] and (tmp_path / "work" / "unet-run" / "latent_cache.pt").is_file()
     assert vae_cfg["scaling_factor"] != 0.18215  # measured from the trained latents

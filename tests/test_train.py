@@ -164,3 +164,47 @@ def test_four_x_vae_and_resolution_check(tiny_model_dir: Path, pair_dataset: Pat
     assert meta["resolution"] == 32 and meta["model_id"] == "vae4-test"
     with pytest.raises(ValueError, match="multiple of 8"):  # VAE 4 x UNet 2
         train(_cfg(base, pair_dataset, tmp_path / "bad", resolution=36, max_steps=1))
+
+
+def test_cached_latents_give_the_uncached_loss(tiny_model_dir: Path, pair_dataset: Path, tmp_path: Path) -> None:
+    """`cache_latents` samples the same posterior with the same generator: the same loss as encoding
+    each step; it refuses hflip; `x2x train --cache-latents` trains and records the setting."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from editor.training.format import read_samples
+    from editor.training.train import _load_frozen, _step_seed, encode_moments, ip2p_loss
+
+    frozen = _load_frozen(tiny_model_dir, torch.device("cpu"), torch.float32, None)
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_model_dir), subfolder="unet", local_files_only=True).eval()
+    samples = read_samples(pair_dataset, split="train")
+    moments = encode_moments(frozen.vae, pair_dataset, samples, RES, torch.device("cpu"))
+    assert len(moments) == 8 and moments["past0"].shape == (8, RES // 8, RES // 8)  # mean + logvar
+    plain = PairDataset(pair_dataset, samples, RES, frozen.tokenizer)
+    cached = PairDataset(pair_dataset, samples, RES, frozen.tokenizer, moments)
+    keys = [(i, False) for i in range(len(samples))]
+    losses = []
+    for ds in (plain, cached):
+        batch = ds.collate([ds[k] for k in keys])
+        gen = torch.Generator().manual_seed(_step_seed(0, 3))
+        with torch.no_grad():
+            losses.append(float(ip2p_loss(unet, frozen, batch, gen, conditioning_dropout=0.05, device="cpu")))
+    assert "current_moments" in cached.collate([cached[k] for k in keys])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4), losses
+    with pytest.raises(ValueError, match="hflip"):
+        train(_cfg(tiny_model_dir, pair_dataset, tmp_path / "flip", cache_latents=True, hflip=True))
+
+    from typer.testing import CliRunner
+
+    from dicom_node.cli import app
+
+    run = tmp_path / "cached"
+    result = CliRunner().invoke(app, [
+        "train", "--base-model", str(tiny_model_dir), "--dataset", str(pair_dataset), "--out", str(run),
+        "--resolution", str(RES), "--max-steps", "2", "--batch-size", "2", "--effective-batch", "2",
+        "--cpu", "--workers", "0", "--cache-latents"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "model" / "x2x_model.json").read_text())["config"]["cache_latents"] is True
+    cache = torch.load(run / "latent_cache.pt", weights_only=True)  # kept for resumes: not encoded again
+    assert sorted(cache["moments"]) == sorted(moments) and cache["key"]["resolution"] == RES
+    assert torch.allclose(cache["moments"]["cur1"], moments["cur1"], atol=1e-5)

@@ -83,6 +83,9 @@ def train_command(
                                help="Random horizontal flips (swaps left/right words). Breaks anatomy "
                                     "laterality (heart side): off by default."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
+    cache_latents: bool = typer.Option(False, "--cache-latents",
+                                       help="Encode every image once before training and keep the latents in "
+                                            "memory (small datasets; not with --hflip)."),
     workers: int = typer.Option(4, min=0, help="DataLoader workers."),
     model_id: Optional[str] = typer.Option(None, help="model_id for x2x_model.json."),
 ) -> None:
@@ -103,6 +106,7 @@ def train_command(
         cpu=cpu, seed=seed, checkpoint_every=checkpoint_every, checkpoints_total_limit=keep_checkpoints,
         resume=resume, log_every=log_every, use_ema=ema, ema_decay=ema_decay, hflip=hflip,
         gradient_checkpointing=gradient_checkpointing, num_workers=workers, model_id=model_id,
+        cache_latents=cache_latents,
     )
     try:
         model_dir = train(cfg)
