@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dicom_node import edit_requests, eligibility, metrics
 from dicom_node.context import NodeContext, resolve_model_path
-from dicom_node.jobs.store import RECEIVED, Base, idempotency_key, utcnow
+from dicom_node.jobs.store import RECEIVED, Base, create_tables, idempotency_key, utcnow
 from dicom_node.receive import AssociationEnded, AssociationRejected, InstanceReceived, InstanceRefused
 from dicom_node.spool import Spool
 
@@ -115,7 +115,7 @@ def ensure_tables(ctx: NodeContext) -> None:
     engine = ctx.store.engine
     if id(engine) not in _tables_ready:
         tables: list[Any] = [StudyRecord.__table__, StudyInstance.__table__]
-        Base.metadata.create_all(engine, tables=tables)
+        create_tables(engine, tables)
         _tables_ready.add(id(engine))
 
 

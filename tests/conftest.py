@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 # dcmtk waits ~47 ms per C-STORE on Nagle without this (ARCHITECTURE.md §5).
 os.environ.setdefault("TCP_NODELAY", "1")
+# pynetdicom's apps named storescu/storescp/echoscu sit in this environment's scripts folder, first on
+# PATH when the venv is activated; the tests mean dcmtk's. Search that folder last.
+_own_scripts = str(Path(sys.executable).parent)
+os.environ["PATH"] = os.pathsep.join(
+    [d for d in os.environ.get("PATH", "").split(os.pathsep) if d != _own_scripts] + [_own_scripts]
+)
 
 
 @pytest.fixture(scope="session")

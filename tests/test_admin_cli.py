@@ -103,3 +103,40 @@ def test_claim_is_atomic_and_sweep_recovers_only_orphaned_jobs(ctx) -> None:
     # a delayed retry is not claimed before its time
     job4 = _job(ctx, 4, state=QUEUED, next_attempt_at=utcnow() + dt.timedelta(seconds=60))
     assert leases.claim(ctx.store, job4.id, me) is False
+
+
+
+# Each process waits for a common instant, then opens a new database: 6 databases, 0.5 s apart.
+_CREATE_AT = """
+import sys, time
+from pathlib import Path
+from dicom_node.config import load_settings
+from dicom_node.context import build_context
+from dicom_node import studies
+from dicom_node.jobs import leases
+root, start = Path(sys.argv[1]), float(sys.argv[2])
+for k in range(6):
+    settings = load_settings(paths={"var_dir": root / str(k)})
+    time.sleep(max(0.0, start + 0.5 * k - time.time()))
+    ctx = build_context(settings)
+    leases.ensure_tables(ctx.store)
+    studies.ensure_tables(ctx)
+"""
+
+
+def test_processes_starting_together_on_a_new_database_all_get_its_tables(tmp_path: Path) -> None:
+    # Two `x2x worker`s started at once on a fresh database once raced in CREATE TABLE and one died
+    # with "table job_leases already exists".
+    import time
+
+    start_at = f"{time.time() + 4:.3f}"
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE_AT, str(tmp_path), start_at],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(8)]
+    outputs = [(p.wait(120), p.stdout.read().decode() if p.stdout else "") for p in procs]
+    failed = [out[-1500:] for rc, out in outputs if rc != 0]
+    assert not failed, f"{len(failed)} of 8 processes failed:\n{failed[0]}"
+    for k in range(6):
+        ctx = build_context(load_settings(paths={"var_dir": tmp_path / str(k)}))
+        with ctx.store.engine.connect() as conn:
+            names = {row[0] for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"jobs", "job_leases", "workers", "studies", "study_instances"} <= names, names

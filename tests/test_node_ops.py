@@ -217,8 +217,12 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
             proc.wait(10)
 
 
-def wait_workers(node: NodeProcess, n: int, timeout: float = 90) -> None:
-    node.wait_for(lambda: len(node._rows("SELECT * FROM workers")) >= n, timeout, f"{n} worker(s) registered")
+def wait_workers(node: NodeProcess, n: int, logs: list[Path], timeout: float = 90) -> None:
+    try:
+        node.wait_for(lambda: len(node._rows("SELECT * FROM workers")) >= n, timeout, f"{n} worker(s) registered")
+    except AssertionError as e:  # the node's log says nothing about workers: show theirs
+        tails = "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:] for log in logs)
+        raise AssertionError(f"{e}{tails}") from None
 
 
 def claims(logs: list[Path]) -> dict[str, list[int]]:
@@ -237,7 +241,7 @@ def test_redis_scale_out_two_workers_20_jobs_each_done_exactly_once(
         with run_node(tmp_path, toml, model_dir=fast_model_dir) as node:
             workers = [start_worker(node, tmp_path, f"worker{i}", X2X_LOGGING__JSON_FORMAT="true") for i in (1, 2)]
             try:
-                wait_workers(node, 2)
+                wait_workers(node, 2, [log for _, log in workers])
                 status = subprocess.run([X2X, "-c", str(node.config_path), "status", "--json"], env=node.env,
                                         capture_output=True, timeout=60)
                 assert status.returncode == 0, status.stderr.decode()
@@ -276,7 +280,7 @@ def test_sigkill_worker_mid_edit_then_new_worker_completes_job_once(
     toml = NODE_TOML.replace("steps = 1", "steps = 40") + "[queue]\nembedded_worker = false\n"
     with run_node(tmp_path, toml, model_dir=fast_model_dir) as node:
         first, first_log = start_worker(node, tmp_path, "victim")
-        wait_workers(node, 1)
+        wait_workers(node, 1, [first_log])
         storescu(node.port, [src])
         node.wait_for(lambda: [j for j in node.jobs() if j["state"] == "editing"], 120, "the job to be editing")
         time.sleep(0.5)

@@ -28,6 +28,18 @@ from dicom_node.cli_apps import bench_app
 _ENV = dict(os.environ, TCP_NODELAY="1")
 
 
+def dcmtk(tool: str) -> str:
+    """Path of dcmtk's `tool`. pynetdicom installs apps with the same names (storescu, storescp,
+    echoscu) into this Python environment's scripts folder, first on PATH in an activated venv, and
+    they take other options: skip that folder."""
+    own_scripts = str(Path(sys.executable).parent)
+    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d != own_scripts)
+    path = shutil.which(tool, path=search)
+    if path is None:
+        raise FileNotFoundError(f"{tool} (dcmtk) is required for this benchmark")
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,7 +77,7 @@ def _wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode} before answering C-ECHO")
-        r = subprocess.run(["echoscu", "127.0.0.1", str(port)], env=_ENV, capture_output=True)
+        r = subprocess.run([dcmtk("echoscu"), "127.0.0.1", str(port)], env=_ENV, capture_output=True)
         if r.returncode == 0:
             return
         time.sleep(0.2)
@@ -77,7 +89,7 @@ def _send(port: int, files: list[Path], concurrency: int) -> float:
     groups = [files[i::concurrency] for i in range(concurrency)]
     t0 = time.perf_counter()
     procs = [
-        subprocess.Popen(["storescu", "-R", "127.0.0.1", str(port), *map(str, g)], env=_ENV,
+        subprocess.Popen([dcmtk("storescu"), "-R", "127.0.0.1", str(port), *map(str, g)], env=_ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for g in groups if g
     ]
@@ -104,7 +116,7 @@ def _storescp(work: Path, fork: bool) -> Iterator[tuple[int, Path]]:
     out = work / f"storescp-{'fork' if fork else 'single'}"
     out.mkdir()
     port = _free_port()
-    cmd = ["storescp", *(["--fork"] if fork else []), "-od", str(out), str(port)]
+    cmd = [dcmtk("storescp"), *(["--fork"] if fork else []), "-od", str(out), str(port)]
     proc = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -205,9 +217,11 @@ def bench_ingest(
 ) -> None:
     """Instances/s of `x2x serve` vs dcmtk storescp (1 and N associations); prints JSON with ratios."""
     for tool in ("storescp", "storescu", "echoscu"):
-        if shutil.which(tool) is None:
-            typer.echo(f"x2x: {tool} (dcmtk) is required for this benchmark", err=True)
-            raise typer.Exit(code=2)
+        try:
+            dcmtk(tool)
+        except FileNotFoundError as e:
+            typer.echo(f"x2x: {e}", err=True)
+            raise typer.Exit(code=2) from None
     keep = workdir is not None
     work = workdir or Path(tempfile.mkdtemp(prefix="x2x-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from dicom_node.jobs.store import (
     Base,
     Job,
     JobStore,
+    create_tables,
     utcnow,
 )
 
@@ -105,9 +106,7 @@ class WorkerIdentity:
 
 
 def ensure_tables(store: JobStore) -> None:
-    Base.metadata.create_all(
-        store.engine, tables=[JobLease.__table__, WorkerRecord.__table__]  # type: ignore[list-item]
-    )
+    create_tables(store.engine, [JobLease.__table__, WorkerRecord.__table__])
 
 
 def claim(store: JobStore, job_id: int, me: WorkerIdentity) -> bool:

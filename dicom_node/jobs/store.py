@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 RECEIVED = "received"
@@ -97,8 +98,12 @@ class Job(Base):
 
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True, pool_pre_ping=True)
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    # sqlite3's own timeout covers the first statement on a new connection (PRAGMA journal_mode),
+    # which runs before the busy_timeout pragma below takes effect.
+    connect_args = {"timeout": 30} if sqlite else {}
+    engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
+    if sqlite:
         # WAL + a busy timeout: the SCP, the API and workers write the same file concurrently.
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -111,13 +116,30 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def create_tables(engine: Engine, tables: Sequence[Any] | None = None, attempts: int = 5) -> None:
+    """CREATE TABLE IF missing, safe when several processes start on one new database at once.
+
+    create_all checks then creates; two workers starting together can both see a table missing and
+    the slower one fails with "table ... already exists" (SQLite) or a duplicate (PostgreSQL). On
+    such an error, look again: the other process has created it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            Base.metadata.create_all(engine, tables=tables)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+
+
 class JobStore:
     """All reads and writes of jobs go through here (one place for state rules)."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_tables(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
 
     @contextmanager
