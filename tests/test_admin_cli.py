@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,6 @@ def test_claim_is_atomic_and_sweep_recovers_only_orphaned_jobs(ctx) -> None:
     assert leases.claim(ctx.store, job4.id, me) is False
 
 
-
 # Each process waits for a common instant, then opens a new database: 6 databases, 0.5 s apart.
 _CREATE_AT = """
 import sys, time
@@ -127,13 +127,11 @@ for k in range(6):
 def test_processes_starting_together_on_a_new_database_all_get_its_tables(tmp_path: Path) -> None:
     # Two `x2x worker`s started at once on a fresh database once raced in CREATE TABLE and one died
     # with "table job_leases already exists".
-    import time
-
     start_at = f"{time.time() + 4:.3f}"
     procs = [subprocess.Popen([sys.executable, "-c", _CREATE_AT, str(tmp_path), start_at],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(8)]
-    outputs = [(p.wait(120), p.stdout.read().decode() if p.stdout else "") for p in procs]
-    failed = [out[-1500:] for rc, out in outputs if rc != 0]
+    outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    failed = [out[-1500:] for p, out in zip(procs, outputs, strict=True) if p.returncode != 0]
     assert not failed, f"{len(failed)} of 8 processes failed:\n{failed[0]}"
     for k in range(6):
         ctx = build_context(load_settings(paths={"var_dir": tmp_path / str(k)}))

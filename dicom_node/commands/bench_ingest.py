@@ -73,11 +73,12 @@ def make_instances(out_dir: Path, count: int, target_bytes: int = 1_000_000) -> 
 
 
 def _wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    echoscu = dcmtk("echoscu")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode} before answering C-ECHO")
-        r = subprocess.run([dcmtk("echoscu"), "127.0.0.1", str(port)], env=_ENV, capture_output=True)
+        r = subprocess.run([echoscu, "127.0.0.1", str(port)], env=_ENV, capture_output=True)
         if r.returncode == 0:
             return
         time.sleep(0.2)
