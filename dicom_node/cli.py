@@ -12,6 +12,7 @@ from dicom_node.commands import (  # noqa: F401  (imported to register their com
     demo,
     edit,
     jobs,
+    reproduce,
     research,
     serve,
     worker,
