@@ -345,3 +345,21 @@ def test_cli_reproduce(tmp_path: Path) -> None:
     pathology_file = PATHOLOGY_WEIGHTS["densenet121-res224-all"].filename
     assert Path(report["classifiers"]["files"]["pathology"]).name == pathology_file
     assert len(XRV_LABELS) == 18
+
+
+def test_bad_rows_are_skipped_with_their_reason(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from editor.evaluation.reference import score_reference
+    from editor.evaluation.rows import EvalRow, ImageLocator
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "garbage.png").write_bytes(b"\x89PNG not really")
+    Image.fromarray(np.full((32, 32), 100, np.uint8)).save(tmp_path / "images" / "fine.png")
+    rows = [EvalRow(0, "test", "fine", "garbage", "Add the finding of edema."),
+            EvalRow(1, "test", "fine", "../fine", "Add the finding of edema."),  # an id is never a path
+            EvalRow(2, "test", "fine", "fine", "Add the finding of edema.")]
+    lines = {ln["index"]: ln for ln in score_reference(rows, ImageLocator(tmp_path), tmp_path, None)}
+    assert lines["0"]["status"] == "skipped" and "UnidentifiedImageError" in lines["0"]["reason"]
+    assert lines["1"]["status"] == "skipped" and "not found" in lines["1"]["reason"]
+    assert lines["2"]["status"] == "ok" and lines["2"]["probs_src"] == ""  # no classifiers: paths only

@@ -112,16 +112,14 @@ def _fmt(value: float) -> str:
 
 def prepare(row: EvalRow, source_path: Path) -> EditItem | str:
     """The row ready to edit, or the reason it cannot be."""
-    from editor.source import UnsupportedImageError
-
     try:
         parsed = parse_instruction(row.instruction)
     except InstructionError as exc:
         return f"instruction: {exc}"
     try:
         source, display = load_display(source_path)
-    except (UnsupportedImageError, OSError, ValueError) as exc:
-        return f"past image: {exc}"
+    except Exception as exc:  # corrupt / unsupported / oversized image: this row is skipped, the run goes on
+        return f"past image: {type(exc).__name__}: {exc}"
     return EditItem(row, source, parsed, display)
 
 

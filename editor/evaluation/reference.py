@@ -42,8 +42,8 @@ def score_reference(rows: Sequence[EvalRow], locator: ImageLocator, out_dir: Pat
                     line |= {"past_path": str(past), "current_path": str(current)}
                     _, src = load_display(past)
                     _, cur = load_display(current)
-                except (FileNotFoundError, OSError, ValueError) as exc:
-                    table.append(line | {"status": "skipped", "reason": str(exc)[:300]})
+                except Exception as exc:  # a missing, corrupt or oversized image skips its row, never the run
+                    table.append(line | {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"[:300]})
                     continue
                 found.append((row, line, src, cur))
             if classifiers is not None and found:

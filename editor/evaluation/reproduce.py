@@ -176,7 +176,7 @@ def run(cfg: ReproduceConfig, editor: Any | Callable[[], Any], *, classifiers: A
     locator = ImageLocator(root, jpg_root=cfg.jpg_root, metadata=cfg.metadata)
     shared = {k: v for k, v in cfg.base_params.to_dict().items() if k not in ("rse", "tau", "prior", "paper_prior_dir")}
     _check(cfg.out / "run.json", {
-        "table": str(cfg.table), "split": cfg.split, "seed": cfg.seed, "params": shared, "model": cfg.model,
+        "table": str(cfg.table.resolve()), "split": cfg.split, "seed": cfg.seed, "params": shared, "model": cfg.model,
         "classifiers": classifiers.describe() if classifiers is not None else None,
     })
     ref_lines = score_reference(rows, locator, cfg.out, classifiers)
