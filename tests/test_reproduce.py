@@ -182,7 +182,6 @@ def tiny_editor(tiny_model_dir: Path) -> Any:
     return Editor.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
 
 
-@pytest.mark.slow
 def test_reproduce_v1_mimic_tree_known_answers(tmp_path: Path, tiny_editor: Any) -> None:
     extra = [
         {"split": "test", "current_dicom_id": "ph7-000000-current", "past_dicom_id": "ph7-000000-past",
@@ -284,7 +283,6 @@ def test_reproduce_resumes_where_it_stopped(tmp_path: Path, tiny_editor: Any) ->
         run(ReproduceConfig(**{**cfg.__dict__, "seed": 1}), CountingEditor(tiny_editor))
 
 
-@pytest.mark.slow
 def test_reproduce_v2_release_layout_demo_model_paper_masks(tmp_path: Path) -> None:
     from editor.demo import demo_model_path
     from editor.editor import Editor
@@ -320,7 +318,6 @@ def test_reproduce_v2_release_layout_demo_model_paper_masks(tmp_path: Path) -> N
         assert mask.any() and not (mask & ~near_box).any(), line["instruction"]
 
 
-@pytest.mark.slow
 def test_cli_reproduce(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
