@@ -8,6 +8,7 @@ import torch (that happens when a model is loaded).
 """
 
 from editor.demo import demo_model_path
+from editor.display import guidance_overlay, to_uint8
 from editor.editor import Editor
 from editor.instructions import FindingSpec, InstructionError, ParsedInstruction, parse_instruction
 from editor.model import ModelInfo, ModelLoadError, describe_model, disable_progress_bars
@@ -34,8 +35,10 @@ __all__ = [
     "demo_model_path",
     "describe_model",
     "disable_progress_bars",
+    "guidance_overlay",
     "init_tiny_model",
     "parse_instruction",
     "source_from_dataset",
     "source_from_file",
+    "to_uint8",
 ]

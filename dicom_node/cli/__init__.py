@@ -15,6 +15,7 @@ from dicom_node.cli import (  # noqa: F401  (imported to register their commands
     demo,
     edit,
     jobs,
+    reproduce,
     research,
     serve,
     worker,

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.results.encode import FILE_NAMES, KINDS, encode_results, output_uids
 from dicom_node.results.overlay import overlay_rgb
-from editor import DisplayMapping, EditResult, SourceImage
+from editor import DisplayMapping, EditResult, SourceImage, guidance_overlay, to_uint8
 
 if TYPE_CHECKING:
     from dicom_node.config import Settings
@@ -69,25 +69,11 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def _to_uint8(display01: np.ndarray) -> np.ndarray:
-    return np.asarray(np.clip(np.rint(np.asarray(display01, dtype=np.float64) * 255), 0, 255), dtype=np.uint8)
-
-
-def guidance_overlay(display01: np.ndarray, guidance: np.ndarray, tau: float) -> np.ndarray:
-    """RGB uint8: pure red of intensity G where G >= tau, the grey image elsewhere (the research display)."""
-    grey = _to_uint8(display01)
-    rgb = np.stack([grey, grey, grey], axis=-1)
-    shown = guidance >= tau
-    rgb[shown] = 0
-    rgb[..., 0][shown] = _to_uint8(guidance)[shown]
-    return rgb
-
-
 def _png(image: np.ndarray, path: Path, max_side: int | None) -> Path:
     """Grey [0, 1] (rows, cols) or uint8 RGB (rows, cols, 3) -> PNG, downscaled to max_side if given."""
     from PIL import Image
 
-    arr = image if image.dtype == np.uint8 else _to_uint8(image)
+    arr = image if image.dtype == np.uint8 else to_uint8(image)
     img = Image.fromarray(arr)
     if max_side is not None and max(img.size) > max_side:
         scale = max_side / max(img.size)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import os
 import time
@@ -19,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from editor.append_table import AppendOnlyTable
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -66,43 +67,11 @@ class BatchSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-class Manifest:
-    """Append-only CSV; one fsync'ed row per finished item."""
+class Manifest(AppendOnlyTable):
+    """Append-only CSV; one fsync'ed row per finished item (editor.append_table)."""
 
     def __init__(self, out_dir: Path):
-        self.path = out_dir / MANIFEST
-        self.done_keys: set[str] = set()
-        if self.path.exists():
-            self._recover()
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._writer = csv.DictWriter(self._fh, fieldnames=COLUMNS)
-        if new:
-            self._writer.writeheader()
-            self._sync()
-
-    def _recover(self) -> None:
-        raw = self.path.read_bytes()
-        # A crash can leave a half-written last line: drop it (its item is redone).
-        if raw and not raw.endswith(b"\n"):
-            raw = raw[: raw.rfind(b"\n") + 1]
-            with open(self.path, "r+b") as fh:
-                fh.truncate(len(raw))
-        for row in csv.DictReader(io.StringIO(raw.decode("utf-8"))):
-            if row.get("item_key"):
-                self.done_keys.add(row["item_key"])
-
-    def _sync(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._writer.writerow({c: row.get(c, "") for c in COLUMNS})
-        self._sync()
-        self.done_keys.add(str(row["item_key"]))
-
-    def close(self) -> None:
-        self._fh.close()
+        super().__init__(out_dir / MANIFEST, COLUMNS, key="item_key")
 
 
 def read_instructions_csv(path: Path) -> dict[str, list[tuple[str, int | None]]]:
