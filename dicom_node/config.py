@@ -126,7 +126,10 @@ class QueueConfig(_Section):
     requeue_queued_after_seconds: float = Field(
         900.0, gt=0, description="re-send a job still queued after this long (its message may be lost)"
     )
-    queue_name: str = Field("x2x", description="Celery queue the node's jobs go to")
+    queue_name: str = Field("x2x", description="Celery queue of the edit stage (GPU work)")
+    delivery_queue_name: str = Field(
+        "x2x-deliver", description="Celery queue of the delivery stage (encoded objects to their destinations)"
+    )
 
 
 class APIConfig(_Section):

@@ -21,14 +21,15 @@ from tests.support.jobs import create_job
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_table_reaches_every_state_and_done_is_final() -> None:
+def test_the_table_reaches_every_state_and_done_is_left_only_for_a_new_delivery() -> None:
     reachable = {JobState.RECEIVED} | {rule.target for rule in TRANSITIONS.values()}
     assert reachable == set(JobState)
     leaving_done = [a for a, rule in TRANSITIONS.items() if JobState.DONE in rule.allowed]
-    assert leaving_done == [], "done is final"
-    for action, rule in TRANSITIONS.items():  # only an operator revives (retry) or drops (cancel) a finished job
+    assert leaving_done == [Action.REOPEN], "done is final but for delivering to a new destination"
+    for action, rule in TRANSITIONS.items():  # an operator revives (retry) or drops (cancel) a finished job
         if rule.allowed & TERMINAL:
-            assert action in (Action.RETRY, Action.CANCEL), action
+            assert action in (Action.RETRY, Action.CANCEL, Action.REOPEN), action
+    assert TRANSITIONS[Action.REOPEN].target is JobState.ENCODED  # back to delivery, never to editing
 
 
 def test_only_the_store_writes_a_job_state() -> None:

@@ -22,7 +22,8 @@ from dicom_node.edit_params import InvalidEditParams, resolve_params
 from dicom_node.inbound.events import API
 from dicom_node.inbound.http import new_association_id, spool_instance
 from dicom_node.inbound.spool import Spool
-from dicom_node.jobs.admin import JobActionError, cancel_job, retry_job
+from dicom_node.jobs.admin import JobActionError, cancel_job, retry_delivery, retry_job
+from dicom_node.jobs.deliveries import deliveries
 from dicom_node.jobs.states import STATES
 from dicom_node.studies.intake import ExplicitRequest, create_jobs_for_study
 from dicom_node.studies.records import StudyOutcome
@@ -54,7 +55,8 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def show_job(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
-    return job_view(_job_or_404(ctx, job_id))
+    """The job, with one delivery record per destination that asked for it."""
+    return job_view(_job_or_404(ctx, job_id), deliveries(ctx, job_id))
 
 
 def _explicit(ctx: NodeContext, req: JobRequest) -> ExplicitRequest:
@@ -146,12 +148,16 @@ async def submit_job(request: Request, ctx: NodeContext = Depends(get_ctx)) -> d
 
 
 @router.post("/{job_id}/retry", dependencies=[Depends(require_token)])
-def retry(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+def retry(
+    job_id: int, ctx: NodeContext = Depends(get_ctx),
+    destination: str | None = Query(None, description="retry only the delivery to this destination"),
+) -> dict[str, Any]:
     _job_or_404(ctx, job_id)
     try:
-        return job_view(retry_job(ctx, job_id))
+        job = retry_job(ctx, job_id) if destination is None else retry_delivery(ctx, job_id, destination)
     except JobActionError as exc:
         raise HTTPException(409, str(exc)) from exc
+    return job_view(job, deliveries(ctx, job_id))
 
 
 @router.delete("/{job_id}", dependencies=[Depends(require_token)])

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from dicom_node.db.tables import Job
+from dicom_node.db.tables import Delivery, Job
 
 PREVIEW_KINDS = ("source", "counterfactual", "overlay")
 
@@ -28,8 +28,10 @@ class JobRequest(BaseModel):
         return dict(self.params or {}) | ({"steps": self.steps} if self.steps is not None else {})
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
     out = job.to_dict()
     out.pop("source_path", None)  # a server path is of no use to a client
     out["previews"] = {kind: f"/jobs/{job.id}/previews/{kind}.png" for kind in PREVIEW_KINDS}
+    if deliveries is not None:
+        out["deliveries"] = [d.to_dict() for d in deliveries]
     return out

@@ -99,12 +99,17 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
-    """Everything recorded about one job (JSON): state, attempts, error, timings, output UIDs."""
-    job = _context().store.get(job_id)
+    """Everything recorded about one job (JSON): state, attempts, error, timings, output UIDs, and one
+    delivery record per destination."""
+    from dicom_node.jobs.deliveries import deliveries
+
+    ctx = _context()
+    job = ctx.store.get(job_id)
     if job is None:
         typer.echo(f"x2x: no job {job_id}", err=True)
         raise typer.Exit(1)
-    typer.echo(json.dumps(_view(job), indent=2, default=str))
+    view = _view(job) | {"deliveries": [d.to_dict() for d in deliveries(ctx, job_id)]}
+    typer.echo(json.dumps(view, indent=2, default=str))
 
 
 @jobs_app.command("cancel")

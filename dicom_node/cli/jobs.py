@@ -1,10 +1,14 @@
-"""`x2x jobs retry ID`: queue a failed or dead-lettered job again (its attempt counter reset).
+"""`x2x jobs retry ID [--destination NAME]`: queue a failed or dead-lettered job again (its attempt
+counters reset), or deliver it again to one destination.
 
 The job keeps its idempotency key, so a retry reuses the objects already encoded on disk (no second
-edit) and their UIDs (the PACS de-duplicates anything it already holds).
+edit) and their UIDs (the PACS de-duplicates anything it already holds); destinations already served
+are not sent to again.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
@@ -12,9 +16,14 @@ from dicom_node.cli.apps import jobs_app, node_context
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: int = typer.Argument(..., help="Job id (see `x2x jobs list`).")) -> None:
+def jobs_retry(
+    job_id: int = typer.Argument(..., help="Job id (see `x2x jobs list`)."),
+    destination: Optional[str] = typer.Option(
+        None, "--destination", "-d", help="Deliver again to this destination only (a failed or dead-lettered delivery)."
+    ),
+) -> None:
     """Queue a failed, dead-lettered or cancelled job again; a running worker picks it up."""
-    from dicom_node.jobs.admin import JobActionError, retry_job
+    from dicom_node.jobs.admin import JobActionError, retry_delivery, retry_job
 
     ctx = node_context()
     job = ctx.store.get(job_id)
@@ -23,8 +32,14 @@ def jobs_retry(job_id: int = typer.Argument(..., help="Job id (see `x2x jobs lis
         raise typer.Exit(code=1)
     previous, last_error = job.state, job.last_error
     try:
-        retry_job(ctx, job_id)  # atomic: only failed, dead-letter or cancelled jobs move back to queued
+        if destination is None:
+            retry_job(ctx, job_id)  # atomic: only failed, dead-letter or cancelled jobs move back to queued
+        else:
+            retry_delivery(ctx, job_id, destination)
     except JobActionError as exc:
         typer.echo(f"x2x jobs retry: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-    typer.echo(f"job {job_id} queued again (was {previous}; last error: {last_error or 'none'})")
+    if destination is None:
+        typer.echo(f"job {job_id} queued again (was {previous}; last error: {last_error or 'none'})")
+    else:
+        typer.echo(f"job {job_id}: delivery to {destination} queued again (job was {previous})")

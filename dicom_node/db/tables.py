@@ -1,6 +1,7 @@
 """Every table of the node's database, in one place (the migrations in db/migrations build exactly these).
 
 - `jobs`: one edit of one source instance (state machine in dicom_node/jobs/states.py);
+- `deliveries`: one row per (job, destination) that asked for the job's objects (jobs/deliveries.py);
 - `job_leases`, `workers`: which worker runs which job, and which workers are alive (jobs/leases.py);
 - `studies`, `study_instances`: what arrived, which request applied, why instances were skipped
   (dicom_node/studies/).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -61,6 +62,26 @@ class Job(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Delivery(Base):
+    """The objects of one job, to one destination: every destination that asked for an edit gets one."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "destination", name="uq_deliveries_job_destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(200))  # name in [destinations]
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    sent: Mapped[int] = mapped_column(Integer, default=0)  # objects the destination accepted
+    seconds: Mapped[float | None] = mapped_column(Float)  # duration of the last attempt
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 class JobLease(Base):

@@ -69,17 +69,23 @@ class WorkerIdentity:
         return cls(socket.gethostname(), os.getpid())
 
 
-def claim(store: JobStore, job_id: int, me: WorkerIdentity) -> bool:
-    """Atomically move a claimable job to 'editing' and take its lease; False if someone else has it."""
+def claim(store: JobStore, job_id: int, me: WorkerIdentity, action: Action = Action.CLAIM) -> bool:
+    """Atomically take a job for a stage — `Action.CLAIM` (queued -> editing) or `Action.SEND` (encoded, or
+    failed with its retry due -> sending) — and its lease; False if it is not there to take."""
     # an early duplicate of a delayed retry must not start it before its time (1 s clock slack)
-    due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= utcnow() + dt.timedelta(seconds=1))
+    soon = utcnow() + dt.timedelta(seconds=1)
+    if action is Action.SEND:  # encoded, or a failed delivery whose retry is due (never a failed edit)
+        due = or_(Job.state == JobState.ENCODED.value,
+                  and_(Job.next_attempt_at.is_not(None), Job.next_attempt_at <= soon))
+    else:
+        due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= soon)
 
     def take_lease(s: Session) -> None:  # in the claim's transaction: never a running job without a lease
         s.execute(delete(JobLease).where(JobLease.job_id == job_id))
         s.add(JobLease(job_id=job_id, worker_id=me.worker_id, hostname=me.hostname, pid=me.pid,
                        heartbeat_at=utcnow()))
 
-    return store.transition(job_id, Action.CLAIM, where=[due], also=take_lease).changed
+    return store.transition(job_id, action, where=[due], also=take_lease).changed
 
 
 def renew(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
@@ -152,7 +158,7 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
         overdue = s.scalars(
             select(Job.id).where(
                 or_(
-                    and_(Job.state.in_((JobState.QUEUED.value, JobState.RECEIVED.value)),
+                    and_(Job.state.in_((JobState.QUEUED.value, JobState.RECEIVED.value, JobState.ENCODED.value)),
                          Job.updated_at < overdue_before,
                          or_(Job.next_attempt_at.is_(None), Job.next_attempt_at < overdue_before)),
                     # a failed job waiting for its retry: its ETA message may have died with a worker
@@ -166,8 +172,9 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
 
 
 def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -> bool:
-    """Put an orphaned in-progress job back to 'queued' (one conditional UPDATE, so a live worker that
-    renewed its lease in the meantime keeps the job). Returns True if this call requeued it."""
+    """Put an orphaned in-progress job back where its stage starts — queued (edit) or encoded (delivery) —
+    with one conditional UPDATE, so a live worker that renewed its lease in the meantime keeps the job.
+    Returns True if this call requeued it."""
     stale_before = utcnow() - dt.timedelta(seconds=lease_seconds)
     me = WorkerIdentity.current()
     with store.db.session() as s:
@@ -181,6 +188,6 @@ def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -
     def drop_lease(s: Session) -> None:
         s.execute(delete(JobLease).where(JobLease.job_id == job_id))
 
-    return store.transition(
-        job_id, Action.REQUEUE, where=[] if dead_local else [~live_lease], also=drop_lease
-    ).changed
+    job = store.get(job_id)
+    action = Action.REQUEUE_DELIVERY if job is not None and job.state == JobState.SENDING else Action.REQUEUE
+    return store.transition(job_id, action, where=[] if dead_local else [~live_lease], also=drop_lease).changed

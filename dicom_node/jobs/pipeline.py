@@ -1,13 +1,15 @@
-"""One attempt of one job: edit -> encode (five DICOM objects + previews) -> send -> done.
+"""One job, in two stages: edit (edit -> encode five DICOM objects + previews) and delivery (send them to
+every destination that asked). The Celery tasks run the stages on two queues (jobs/tasks.py), so the
+next edit starts while the previous job's objects are being encoded out and sent; `run_job` runs both
+in this thread (tests, a single-process embedding).
 
 Every step starts with its state transition (jobs/states.py); when the transition does not apply —
-an operator cancelled the job meanwhile — the attempt stops there, so a cancel is never overwritten.
+an operator cancelled the job meanwhile — the stage stops there, so a cancel is never overwritten.
 
-Idempotent by construction: the objects' UIDs come from the job's idempotency key, and when all five
-objects are already on disk from an earlier attempt the edit is skipped and only the send is repeated.
-A failed send is retried with exponential backoff (JobOutcome.retry_in, queued by the task); after
-settings.send.max_attempts the job is dead-lettered with the last error. Patient name / ID are never
-logged (UIDs and job ids only).
+Idempotent by construction: the objects' UIDs come from the job's key, and when all five objects are
+already on disk from an earlier attempt the edit is skipped. A delivery already delivered is never
+sent again. A failed delivery is retried with exponential backoff; after settings.send.max_attempts it
+is dead-lettered with the last error. Patient name / ID are never logged (UIDs and job ids only).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pydicom import dcmread
 
 from dicom_node import metrics
 from dicom_node.context import NodeContext
-from dicom_node.db.tables import Job, utcnow
-from dicom_node.jobs.states import Action, JobState
+from dicom_node.db.tables import Delivery, Job, utcnow
+from dicom_node.jobs.deliveries import due_deliveries, ensure_job_deliveries, settle, transition_delivery
+from dicom_node.jobs.states import Action, DeliveryAction, JobState
 from dicom_node.results import result_files, write_outputs
-from dicom_node.send import SendError, get_sender, resolve_destination
+from dicom_node.send import SendError, get_sender, lookup_destination
 from editor import EditParams, source_from_dataset
 
 log = logging.getLogger("x2x.jobs.pipeline")
@@ -38,7 +41,7 @@ NO_OP_STATES = (JobState.DONE, JobState.CANCELLED, JobState.DEAD_LETTER)
 @dataclass(frozen=True)
 class JobOutcome:
     state: str
-    retry_in: float | None = None  # seconds until the next attempt, when the task should queue one
+    retry_in: float | None = None  # seconds until the next delivery attempt, when one is due by itself
 
 
 class Stopped(Exception):
@@ -59,7 +62,7 @@ def backoff_seconds(ctx: NodeContext, attempts: int) -> float:
     return float(min(send.backoff_seconds * (2 ** max(attempts - 1, 0)), send.backoff_max_seconds))
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
 
 
@@ -69,7 +72,8 @@ def _step(ctx: NodeContext, job_id: int, action: Action, **values: Any) -> None:
         raise Stopped(result.state)
 
 
-def _edit_and_encode(ctx: NodeContext, job: Job, out_dir: Path) -> dict[str, Path]:
+# edit stage -------------------------------------------------------------------------------------------
+def _edit_and_encode(ctx: NodeContext, job: Job, out_dir: Path) -> None:
     """Edit the source and write the five objects + previews."""
     timings: dict[str, float] = dict(job.timings or {})
     t0 = time.monotonic()
@@ -91,92 +95,132 @@ def _edit_and_encode(ctx: NodeContext, job: Job, out_dir: Path) -> dict[str, Pat
         model_hash=result.model_hash,
     )
     log.info("job %s encoded 5 objects in %s", job.id, out_dir)
-    return written.dicom
 
 
-def _fail(ctx: NodeContext, job: Job, error: str, *, retry: bool) -> JobOutcome:
-    """Record a failed attempt: retried with backoff (send failures) until max_attempts, else dead-letter."""
-    attempts = (job.attempts or 0) + 1
-    if not retry:
-        _step(ctx, job.id, Action.FAIL, attempts=attempts, last_error=error, next_attempt_at=None)
-        return JobOutcome(JobState.FAILED.value)
-    if attempts >= ctx.settings.send.max_attempts:
-        _step(ctx, job.id, Action.DEAD_LETTER, attempts=attempts, last_error=error, next_attempt_at=None)
-        log.error("job %s dead-lettered after %d attempts: %s", job.id, attempts, error)
-        return JobOutcome(JobState.DEAD_LETTER.value)
-    delay = backoff_seconds(ctx, attempts)
-    _step(ctx, job.id, Action.FAIL, attempts=attempts, last_error=error,
-          next_attempt_at=utcnow() + dt.timedelta(seconds=delay))
-    log.warning("job %s send attempt %d failed (%s); retry in %.1f s", job.id, attempts, error, delay)
-    return JobOutcome(JobState.FAILED.value, delay)
-
-
-def _send(ctx: NodeContext, job: Job, paths: dict[str, Path]) -> JobOutcome:
+def run_edit(ctx: NodeContext, job_id: int) -> JobOutcome:
+    """The edit stage of a claimed job (state editing): its objects on disk, then state encoded."""
+    job = ctx.store.get(job_id)
+    if job is None:
+        raise KeyError(f"no job {job_id}")
+    if job.state != JobState.EDITING:
+        return JobOutcome(job.state)
+    out_dir = job_results_dir(ctx, job_id)
     try:
-        chosen = resolve_destination(ctx.settings, job_destination=job.destination, calling_ae=job.calling_ae)
-        if chosen is None:
-            _step(ctx, job.id, Action.FINISH, last_error=None, next_attempt_at=None)
-            log.info("job %s done: no destination configured, results kept in %s", job.id, paths["seg"].parent)
-            return JobOutcome(JobState.DONE.value)
-        name, dest = chosen
-        sender = get_sender(dest, name=name, calling_ae=ctx.settings.node.ae_title)
-    except SendError as exc:  # a configuration error does not heal by waiting: dead-letter now
-        _step(ctx, job.id, Action.DEAD_LETTER, attempts=(job.attempts or 0) + 1, last_error=str(exc),
-              next_attempt_at=None)
-        log.error("job %s dead-lettered: %s", job.id, exc)
-        return JobOutcome(JobState.DEAD_LETTER.value)
-    _step(ctx, job.id, Action.SEND)
+        if result_files(out_dir) is None:
+            try:
+                _edit_and_encode(ctx, job, out_dir)
+            except Stopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded on the job; an edit error is not retried
+                log.error("job %s edit/encode failed: %s", job_id, type(exc).__name__, exc_info=True)
+                _step(ctx, job_id, Action.FAIL, attempts=(job.attempts or 0) + 1, last_error=error_text(exc),
+                      next_attempt_at=None)
+                return JobOutcome(JobState.FAILED.value)
+        else:
+            log.info("job %s: objects already encoded in %s", job_id, out_dir)
+        ensure_job_deliveries(ctx, job)
+        _step(ctx, job_id, Action.ENCODED)
+        return JobOutcome(JobState.ENCODED.value)
+    except Stopped as stop:
+        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job_id, stop.state)
+        return JobOutcome(stop.state)
+
+
+# delivery stage ---------------------------------------------------------------------------------------
+def _deliver(ctx: NodeContext, job: Job, delivery: Delivery, paths: list[Path]) -> float | None:
+    """One attempt of one delivery: delivered, failed (retry with backoff: returns the delay) or
+    dead-lettered."""
+    attempts = delivery.attempts + 1
     t0 = time.monotonic()
     try:
-        report = sender.send(list(paths.values()))
+        dest = lookup_destination(ctx.settings, delivery.destination)
+        sender = get_sender(dest, name=delivery.destination, calling_ae=ctx.settings.node.ae_title)
+    except SendError as exc:  # a configuration error does not heal by waiting: dead-letter now
+        transition_delivery(ctx, delivery.id, DeliveryAction.DEAD_LETTER, attempts=attempts, last_error=str(exc),
+                            next_attempt_at=None)
+        log.error("job %s: delivery to %s dead-lettered: %s", job.id, delivery.destination, exc)
+        return None
+    try:
+        report = sender.send(paths)
+        error = None if report.ok else report.error_summary()
     except Exception as exc:  # noqa: BLE001 - any sender failure is a failed attempt, never a lost job
-        metrics.send_failures_total.inc()
-        return _fail(ctx, job, f"send to {name} failed: {_error_text(exc)}", retry=True)
-    if not report.ok:
-        metrics.send_failures_total.inc()
-        return _fail(ctx, job, report.error_summary(), retry=True)
-    fresh = ctx.store.get(job.id)
-    timings = dict(fresh.timings or {}) if fresh else {}
-    timings["send_s"] = round(time.monotonic() - t0, 3)
-    _step(ctx, job.id, Action.FINISH, last_error=None, next_attempt_at=None, timings=timings)
-    log.info("job %s done: %d objects delivered to %s", job.id, len(report.sent), name)
-    return JobOutcome(JobState.DONE.value)
+        report, error = None, f"send to {delivery.destination} failed: {error_text(exc)}"
+    seconds = round(time.monotonic() - t0, 3)
+    if error is None:
+        assert report is not None
+        transition_delivery(ctx, delivery.id, DeliveryAction.DELIVERED, attempts=attempts, last_error=None,
+                            next_attempt_at=None, sent=len(report.sent), seconds=seconds)
+        log.info("job %s: %d objects delivered to %s", job.id, len(report.sent), delivery.destination)
+        return None
+    metrics.send_failures_total.inc()
+    if attempts >= ctx.settings.send.max_attempts:
+        transition_delivery(ctx, delivery.id, DeliveryAction.DEAD_LETTER, attempts=attempts, last_error=error,
+                            next_attempt_at=None, seconds=seconds)
+        log.error("job %s: delivery to %s dead-lettered after %d attempts: %s", job.id, delivery.destination,
+                  attempts, error)
+        return None
+    delay = backoff_seconds(ctx, attempts)
+    transition_delivery(ctx, delivery.id, DeliveryAction.FAIL, attempts=attempts, last_error=error,
+                        next_attempt_at=utcnow() + dt.timedelta(seconds=delay), seconds=seconds)
+    log.warning("job %s: delivery to %s attempt %d failed (%s); retry in %.1f s", job.id, delivery.destination,
+                attempts, error, delay)
+    return delay
 
 
-def _begin(ctx: NodeContext, job: Job) -> None:
-    """A job the Celery task claimed (with its lease) is editing already. Called directly (tests, a
-    single-process embedding) on a job not yet claimed, the attempt claims it itself: a failed job's
-    retry falls due now, then the claim."""
-    if job.state == JobState.FAILED:
-        _step(ctx, job.id, Action.QUEUE, next_attempt_at=None)
-        job.state = JobState.QUEUED.value
-    if job.state in (JobState.RECEIVED, JobState.QUEUED):
-        _step(ctx, job.id, Action.CLAIM)
+def run_deliveries(ctx: NodeContext, job_id: int, *, due_only: bool = True) -> JobOutcome:
+    """The delivery stage of a job taken for delivery (state sending): attempt every pending delivery
+    and every failed one whose retry is due (`due_only=False`: every failed one), then settle."""
+    job = ctx.store.get(job_id)
+    if job is None:
+        raise KeyError(f"no job {job_id}")
+    if job.state != JobState.SENDING:
+        return JobOutcome(job.state)
+    ensure_job_deliveries(ctx, job)  # a job from before deliveries existed
+    paths = result_files(job_results_dir(ctx, job_id))
+    if paths is None:  # results removed since they were encoded: only a full retry re-makes them
+        result = ctx.store.transition(job_id, Action.FAIL, attempts=(job.attempts or 0) + 1, next_attempt_at=None,
+                                      last_error="the encoded objects are missing from the results folder; "
+                                                 "`x2x jobs retry` re-makes them")
+        return JobOutcome(result.state or JobState.FAILED.value)
+    t0 = time.monotonic()
+    delays = [delay for delivery in due_deliveries(ctx, job_id, now=utcnow() if due_only else None)
+              if (delay := _deliver(ctx, job, delivery, list(paths.values()))) is not None]
+    settled = settle(ctx, job_id)
+    fresh = ctx.store.get(job_id)
+    if fresh is not None:
+        ctx.store.update(job_id, timings=dict(fresh.timings or {}) | {"send_s": round(time.monotonic() - t0, 3)})
+    if settled.state == JobState.DONE:
+        log.info("job %s done", job_id)
+    retry_in = min(delays) if delays and settled.retry_in is not None else settled.retry_in
+    return JobOutcome(settled.state, retry_in)
 
 
+# both stages here -------------------------------------------------------------------------------------
 def run_job(ctx: NodeContext, job_id: int) -> JobOutcome:
-    """One attempt of job `job_id` (see the module docstring)."""
+    """Both stages of job `job_id` in this thread, whatever stage it is in: a job not yet claimed is
+    claimed (without a lease: for tests and single-process embeddings; workers use jobs/tasks.py), a
+    failed delivery is retried now (due or not). A job whose edit failed stays failed until an
+    operator's retry."""
     job = ctx.store.get(job_id)
     if job is None:
         raise KeyError(f"no job {job_id}")
     if job.state in NO_OP_STATES:
         return JobOutcome(job.state)
-    out_dir = job_results_dir(ctx, job_id)
-    try:
-        _begin(ctx, job)
-        paths = result_files(out_dir)
-        if paths is None:
-            try:
-                paths = _edit_and_encode(ctx, job, out_dir)
-            except Stopped:
-                raise
-            except Exception as exc:  # noqa: BLE001 - recorded on the job; an edit error is not retried
-                log.error("job %s edit/encode failed: %s", job_id, type(exc).__name__, exc_info=True)
-                return _fail(ctx, job, _error_text(exc), retry=False)
-            job = ctx.store.get(job_id) or job
-        else:
-            log.info("job %s: objects already encoded in %s, sending only", job_id, out_dir)
-        return _send(ctx, job, paths)
-    except Stopped as stop:
-        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job_id, stop.state)
-        return JobOutcome(stop.state)
+    if job.state in (JobState.RECEIVED, JobState.QUEUED):
+        claimed = ctx.store.transition(job_id, Action.CLAIM)
+        if not claimed.changed:
+            return JobOutcome(claimed.state or "missing")
+        job.state = JobState.EDITING.value
+    if job.state in (JobState.EDITING, JobState.ENCODING):
+        if job.state == JobState.ENCODING:  # an interrupted encode: redo the stage from the start
+            ctx.store.transition(job_id, Action.REQUEUE)
+            ctx.store.transition(job_id, Action.CLAIM)
+        outcome = run_edit(ctx, job_id)
+        if outcome.state != JobState.ENCODED:
+            return outcome
+    elif job.state == JobState.FAILED and result_files(job_results_dir(ctx, job_id)) is None:
+        return JobOutcome(job.state)  # the edit failed: an operator's retry runs it again
+    taken = ctx.store.transition(job_id, Action.SEND)
+    if not taken.changed:
+        return JobOutcome(taken.state or "missing")
+    return run_deliveries(ctx, job_id, due_only=False)

@@ -1,7 +1,8 @@
-"""Putting a job on the Celery queue, and reading the queue's state.
+"""Putting a job on a Celery queue, and reading the queue's state.
 
-Tasks are sent by name ("x2x.run_job"), so queueing never imports the task module (and the worker code
-behind it): jobs/tasks.py imports this module, not the other way round.
+Two stages, two queues: the edit stage ([queue] queue_name) and the delivery stage
+([queue] delivery_queue_name). Tasks are sent by name, so queueing never imports the task module (and
+the worker code behind it): jobs/tasks.py imports this module, not the other way round.
 """
 
 from __future__ import annotations
@@ -17,21 +18,27 @@ from dicom_node.jobs.states import Action
 
 log = logging.getLogger("x2x.jobs.queue")
 
-RUN_JOB_TASK = "x2x.run_job"
+EDIT_TASK = "x2x.run_job"  # the edit stage (its historical name: messages already queued keep working)
+DELIVER_TASK = "x2x.deliver_job"
 
 
 def send_task(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> None:
-    """One Celery message "run job N" (a duplicate is harmless: a job is claimed atomically)."""
+    """One edit-stage message "edit job N" (a duplicate is harmless: a job is claimed atomically)."""
     ensure_configured(ctx.settings)
-    celery_app.send_task(
-        RUN_JOB_TASK, args=(job_id,), countdown=countdown if countdown > 0 else None,
-        queue=ctx.settings.queue.queue_name,
-    )
+    celery_app.send_task(EDIT_TASK, args=(job_id,), countdown=countdown if countdown > 0 else None,
+                         queue=ctx.settings.queue.queue_name)
+
+
+def send_delivery(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> None:
+    """One delivery-stage message "deliver job N" (taken atomically too)."""
+    ensure_configured(ctx.settings)
+    celery_app.send_task(DELIVER_TASK, args=(job_id,), countdown=countdown if countdown > 0 else None,
+                         queue=ctx.settings.queue.delivery_queue_name)
 
 
 def enqueue(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> bool:
-    """Mark the job queued (due after `countdown` seconds) and send one task for it. False (and nothing
-    sent) when the job's state does not allow queueing (running, done, dead-lettered, cancelled)."""
+    """Mark the job queued (due after `countdown` seconds) and send one edit task for it. False (and
+    nothing sent) when the job's state does not allow queueing (running, done, dead-lettered, cancelled)."""
     due = utcnow() + dt.timedelta(seconds=countdown) if countdown > 0 else None
     result = ctx.store.transition(job_id, Action.QUEUE, next_attempt_at=due)
     if not result.changed:

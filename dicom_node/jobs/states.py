@@ -1,15 +1,21 @@
-"""The job state machine: every state, every action, and which state each action may start from.
+"""The job state machine (and its deliveries'): every state, every action, and which state each action
+may start from.
 
-    received -> queued -> editing -> encoding -> sending -> done
-                   ^         |          |           |
-                   |         +----------+-----------+--> failed (retried with backoff) | dead-letter
-                   +-- retry (operator), requeue (worker gone), queue (retry due)
-    any unfinished state --cancel--> cancelled
+A job is one edit under one key, delivered to every destination that asked for it. Two stages, on two
+queues, so the next edit starts while the previous job's objects are still being sent:
+
+    edit stage      received -> queued -> editing -> encoding -> encoded
+    delivery stage  encoded -> sending -> done | failed (a delivery waits for its retry) | dead-letter
+                    failed --(retry due)--> sending ; done/failed/dead-letter --reopen--> encoded
+                    (a destination added, or one delivery retried by the operator)
+    operator        any unfinished state --cancel--> cancelled ; failed/dead-letter/cancelled --retry--> queued
+    recovery        editing/encoding --requeue--> queued ; sending --requeue-delivery--> encoded
 
 `JobStore.transition(job_id, action)` applies one row of TRANSITIONS as a single conditional UPDATE
 (`... WHERE state IN <allowed>`), and is the only code that writes a job's state. Two actors racing on
 one job (a worker finishing a stage, an operator cancelling) therefore cannot both win: the loser's
-UPDATE matches no row and it learns the state the winner left.
+UPDATE matches no row and it learns the state the winner left. Deliveries work the same way with
+DELIVERY_TRANSITIONS (jobs/deliveries.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class JobState(str, enum.Enum):
     QUEUED = "queued"
     EDITING = "editing"
     ENCODING = "encoding"
+    ENCODED = "encoded"  # objects on disk, waiting for the delivery stage
     SENDING = "sending"
     DONE = "done"
     FAILED = "failed"
@@ -34,23 +41,27 @@ class JobState(str, enum.Enum):
 
 
 class Action(str, enum.Enum):
-    QUEUE = "queue"  # put on the queue (new, or a failed attempt's retry falling due)
-    CLAIM = "claim"  # a worker takes the job and starts editing
+    QUEUE = "queue"  # put on the edit queue
+    CLAIM = "claim"  # an edit worker takes the job
     ENCODE = "encode"  # edit finished: writing the DICOM objects
-    SEND = "send"  # objects written: delivering them
-    FINISH = "finish"  # delivered (or nowhere to deliver)
-    FAIL = "fail"  # an attempt failed; `next_attempt_at` says when to retry (None: not by itself)
-    DEAD_LETTER = "dead-letter"  # failed for good: only an operator's retry brings it back
+    ENCODED = "encoded"  # objects written: hand over to the delivery stage
+    SEND = "send"  # a delivery worker takes the job (first delivery, or a failed one's retry falling due)
+    FINISH = "finish"  # delivered everywhere (or nowhere to deliver)
+    FAIL = "fail"  # an attempt failed; `next_attempt_at` says when a retry runs by itself (None: never)
+    DEAD_LETTER = "dead-letter"  # failed for good: only an operator brings it back
+    REOPEN = "reopen"  # a destination was added or one delivery retried: deliver again
     CANCEL = "cancel"  # operator: stop it (a running stage finishes, the next one does not start)
     RETRY = "retry"  # operator: queue a failed, dead-lettered or cancelled job again
-    REQUEUE = "requeue"  # the job's worker is gone: back to the queue
+    REQUEUE = "requeue"  # its edit worker is gone: back to the edit queue
+    REQUEUE_DELIVERY = "requeue-delivery"  # its delivery worker is gone: back to the delivery queue
 
     def __str__(self) -> str:
         return self.value
 
 
 S = JobState
-IN_PROGRESS = frozenset({S.EDITING, S.ENCODING, S.SENDING})
+EDIT_IN_PROGRESS = frozenset({S.EDITING, S.ENCODING})
+IN_PROGRESS = EDIT_IN_PROGRESS | {S.SENDING}
 TERMINAL = frozenset({S.DONE, S.DEAD_LETTER, S.CANCELLED})
 
 
@@ -63,21 +74,50 @@ class Transition:
 
 
 TRANSITIONS: dict[Action, Transition] = {
-    Action.QUEUE: Transition(frozenset({S.RECEIVED, S.QUEUED, S.FAILED}), S.QUEUED),
+    Action.QUEUE: Transition(frozenset({S.RECEIVED, S.QUEUED}), S.QUEUED),
     Action.CLAIM: Transition(frozenset({S.RECEIVED, S.QUEUED}), S.EDITING, sets_started=True),
     Action.ENCODE: Transition(frozenset({S.EDITING}), S.ENCODING),
-    Action.SEND: Transition(frozenset({S.EDITING, S.ENCODING}), S.SENDING),
+    Action.ENCODED: Transition(EDIT_IN_PROGRESS, S.ENCODED),
+    Action.SEND: Transition(frozenset({S.ENCODED, S.FAILED}), S.SENDING),
     Action.FINISH: Transition(IN_PROGRESS, S.DONE, sets_finished=True),
     Action.FAIL: Transition(IN_PROGRESS, S.FAILED, sets_finished=True),
     Action.DEAD_LETTER: Transition(IN_PROGRESS, S.DEAD_LETTER, sets_finished=True),
+    Action.REOPEN: Transition(frozenset({S.SENDING, S.DONE, S.FAILED, S.DEAD_LETTER}), S.ENCODED),
     Action.CANCEL: Transition(frozenset(S) - {S.DONE, S.CANCELLED}, S.CANCELLED, sets_finished=True),
     Action.RETRY: Transition(frozenset({S.FAILED, S.DEAD_LETTER, S.CANCELLED}), S.QUEUED),
-    Action.REQUEUE: Transition(IN_PROGRESS, S.QUEUED),
+    Action.REQUEUE: Transition(EDIT_IN_PROGRESS, S.QUEUED),
+    Action.REQUEUE_DELIVERY: Transition(frozenset({S.SENDING}), S.ENCODED),
 }
 
 STATES: tuple[str, ...] = tuple(s.value for s in JobState)
 
 
-def allowed_from(action: Action) -> tuple[str, ...]:
-    """The state values `action` may start from (for SQL `IN`)."""
-    return tuple(sorted(s.value for s in TRANSITIONS[action].allowed))
+# Deliveries ------------------------------------------------------------------------------------------
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # waiting for its retry (next_attempt_at)
+    DEAD_LETTER = "dead-letter"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DeliveryAction(str, enum.Enum):
+    DELIVERED = "delivered"
+    FAIL = "fail"
+    DEAD_LETTER = "dead-letter"
+    RETRY = "retry"  # operator (or a job retry): try again from zero attempts
+
+    def __str__(self) -> str:
+        return self.value
+
+
+D = DeliveryState
+DELIVERY_TRANSITIONS: dict[DeliveryAction, tuple[frozenset[DeliveryState], DeliveryState]] = {
+    DeliveryAction.DELIVERED: (frozenset({D.PENDING, D.FAILED}), D.DELIVERED),
+    DeliveryAction.FAIL: (frozenset({D.PENDING, D.FAILED}), D.FAILED),
+    DeliveryAction.DEAD_LETTER: (frozenset({D.PENDING, D.FAILED}), D.DEAD_LETTER),
+    DeliveryAction.RETRY: (frozenset({D.FAILED, D.DEAD_LETTER, D.PENDING}), D.PENDING),
+}
+DELIVERY_STATES: tuple[str, ...] = tuple(s.value for s in DeliveryState)

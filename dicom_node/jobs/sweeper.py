@@ -8,45 +8,63 @@ import threading
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import utcnow
 from dicom_node.jobs import leases
-from dicom_node.jobs.queue import enqueue, send_task
+from dicom_node.jobs.queue import enqueue, send_delivery, send_task
 from dicom_node.jobs.states import IN_PROGRESS, JobState
 
 log = logging.getLogger("x2x.jobs.sweeper")
 
 
+def _resume(ctx: NodeContext, job_id: int, state: str, countdown: float = 0.0) -> None:
+    """Send the message the job's state waits for."""
+    if state in (JobState.QUEUED, JobState.RECEIVED):
+        if state == JobState.RECEIVED:
+            enqueue(ctx, job_id, countdown)
+        else:
+            send_task(ctx, job_id, countdown)
+    elif state in (JobState.ENCODED, JobState.FAILED):
+        send_delivery(ctx, job_id, countdown)
+
+
 def sweep_once(ctx: NodeContext) -> list[int]:
-    """Re-enqueue jobs whose worker is gone and queued jobs whose message was lost; returns their ids."""
+    """Re-send work whose worker is gone or whose message was lost; returns the job ids."""
     q = ctx.settings.queue
-    requeued: list[int] = []
+    recovered: list[int] = []
     for job_id in leases.recoverable_jobs(
         ctx.store, lease_seconds=q.lease_seconds, requeue_queued_after=q.requeue_queued_after_seconds
     ):
         job = ctx.store.get(job_id)
         if job is None:
             continue
-        if job.state in IN_PROGRESS and not leases.requeue_in_progress(
-            ctx.store, job_id, lease_seconds=q.lease_seconds
-        ):
-            continue
-        log.warning("recovering job %s (was %s; its worker is gone or its message was lost)",
-                    job_id, job.state)
-        enqueue(ctx, job_id)
-        requeued.append(job_id)
-    return requeued
+        was = job.state
+        if was in IN_PROGRESS:
+            if not leases.requeue_in_progress(ctx.store, job_id, lease_seconds=q.lease_seconds):
+                continue
+            job = ctx.store.get(job_id)
+            if job is None:
+                continue
+        log.warning("recovering job %s (was %s; its worker is gone or its message was lost)", job_id, was)
+        _resume(ctx, job_id, job.state)
+        recovered.append(job_id)
+    return recovered
 
 
 def resend_queued(ctx: NodeContext) -> int:
-    """Send every queued job's task again (with its remaining delay). Used when a worker starts on the
+    """Send every waiting job's message again (with its remaining delay). Used when a worker starts on the
     embedded SQLite broker, whose messages taken by a killed worker are never redelivered; a duplicate
-    message is a no-op because the job is claimed atomically."""
+    message is a no-op because a job is taken atomically."""
     now = utcnow()
-    jobs = ctx.store.list(state=JobState.QUEUED.value, limit=100_000)
-    for job in jobs:
+    waiting = ctx.store.list(state=[JobState.QUEUED.value, JobState.ENCODED.value, JobState.FAILED.value],
+                             limit=100_000)
+    sent = 0
+    for job in waiting:
+        if job.state == JobState.FAILED and job.next_attempt_at is None:
+            continue  # a failed edit waits for an operator
         delay = (job.next_attempt_at - now).total_seconds() if job.next_attempt_at else 0.0
-        send_task(ctx, job.id, max(0.0, delay))
-    if jobs:
-        log.info("re-sent %d queued job(s) to the embedded broker", len(jobs))
-    return len(jobs)
+        _resume(ctx, job.id, job.state, max(0.0, delay))
+        sent += 1
+    if sent:
+        log.info("re-sent %d waiting job(s) to the embedded broker", sent)
+    return sent
 
 
 class Sweeper:

@@ -1,17 +1,19 @@
-"""The Celery task: one task runs one attempt of one job (claim -> pipeline.run_job -> maybe re-queue)."""
+"""The Celery tasks: one per stage. An edit task runs the edit stage of one job and hands it to the
+delivery queue; a delivery task runs the delivery stage (and queues its own retry when one is due)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from dicom_node.context import NodeContext, build_context
 from dicom_node.jobs import leases
-from dicom_node.jobs.celery_app import celery_app
-from dicom_node.jobs.pipeline import run_job
-from dicom_node.jobs.queue import RUN_JOB_TASK, enqueue
+from dicom_node.jobs.celery_app import celery_app, delivery_app
+from dicom_node.jobs.pipeline import JobOutcome, run_deliveries, run_edit
+from dicom_node.jobs.queue import DELIVER_TASK, EDIT_TASK, send_delivery
 from dicom_node.jobs.states import Action, JobState
 
 log = logging.getLogger("x2x.jobs.tasks")
@@ -37,32 +39,57 @@ def worker_context() -> NodeContext:
         return _ctx
 
 
-@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=False)
-def run_job_task(job_id: int) -> dict[str, Any]:
-    ctx = worker_context()
+def _attempt(ctx: NodeContext, job_id: int, stage: Action, run: Callable[[NodeContext, int], JobOutcome]
+             ) -> tuple[bool, JobOutcome | None]:
+    """Take the job for `stage` with a lease, run it under a heartbeat, release. (taken, outcome)."""
     me = leases.WorkerIdentity.current()
-    if not leases.claim(ctx.store, job_id, me):
+    if not leases.claim(ctx.store, job_id, me, stage):
         job = ctx.store.get(job_id)
-        log.info("job %s not claimable (state %s): nothing to do", job_id, job.state if job else "missing")
-        return {"job_id": job_id, "claimed": False}
-    log.info("job %s claimed by %s", job_id, me.worker_id)
-    retry_in: float | None = None
-    state = JobState.FAILED.value
+        log.info("job %s not taken for %s (state %s): nothing to do", job_id, stage, job.state if job else "missing")
+        return False, None
+    log.info("job %s taken for %s by %s", job_id, stage, me.worker_id)
     interval = max(0.5, ctx.settings.queue.lease_seconds / 3)
     try:
         with leases.Heartbeat(ctx.store, job_id, me, interval):
-            outcome = run_job(ctx, job_id)
-        state, retry_in = outcome.state, outcome.retry_in
-    except Exception as exc:  # the pipeline records its own errors; this is the safety net
+            return True, run(ctx, job_id)
+    except Exception as exc:  # each stage records its own errors; this is the safety net
         log.error("job %s failed unexpectedly: %s", job_id, type(exc).__name__, exc_info=True)
         job = ctx.store.get(job_id)
         ctx.store.transition(
             job_id, Action.FAIL, attempts=(job.attempts if job else 0) + 1, next_attempt_at=None,
             last_error="".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000],
         )
+        return True, JobOutcome(JobState.FAILED.value)
     finally:
         leases.release(ctx.store, job_id, me)
-    if retry_in is not None:
-        enqueue(ctx, job_id, countdown=retry_in)
-    log.info("job %s attempt ended: %s", job_id, state)
-    return {"job_id": job_id, "claimed": True, "state": state, "retry_in": retry_in}
+
+
+@celery_app.task(name=EDIT_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=False)
+def edit_job_task(job_id: int) -> dict[str, Any]:
+    ctx = worker_context()
+    taken, outcome = _attempt(ctx, job_id, Action.CLAIM, run_edit)
+    if outcome is not None and outcome.state == JobState.ENCODED:
+        send_delivery(ctx, job_id)
+    state = outcome.state if outcome else None
+    log.info("job %s edit stage ended: %s", job_id, state)
+    return {"job_id": job_id, "claimed": taken, "state": state}
+
+
+def deliver_job(job_id: int) -> dict[str, Any]:
+    ctx = worker_context()
+    taken, outcome = _attempt(ctx, job_id, Action.SEND, run_deliveries)
+    if outcome is not None and outcome.state == JobState.ENCODED:  # a destination was added meanwhile
+        send_delivery(ctx, job_id)
+    elif outcome is not None and outcome.retry_in is not None:
+        send_delivery(ctx, job_id, countdown=outcome.retry_in)
+    state = outcome.state if outcome else None
+    log.info("job %s delivery stage ended: %s", job_id, state)
+    return {"job_id": job_id, "claimed": taken, "state": state, "retry_in": outcome.retry_in if outcome else None}
+
+
+# The delivery task on both apps: celery_app's registry (a worker serving both stages from one app, as a
+# bare `celery worker` does) and delivery_app's (the delivery stage's own worker thread or process).
+_deliver_options: dict[str, Any] = {"name": DELIVER_TASK, "acks_late": True, "reject_on_worker_lost": True,
+                                    "ignore_result": False}
+deliver_job_task = celery_app.task(**_deliver_options)(deliver_job)
+delivery_app.task(**_deliver_options)(deliver_job)

@@ -1,18 +1,27 @@
-"""Running Celery workers: one embedded in `x2x serve` (solo pool, in a thread) or `x2x worker` (a process)."""
+"""Running Celery workers: embedded in `x2x serve` (in threads) or `x2x worker` (a process).
+
+Each process serves one or both stages. The edit stage ([queue] queue_name) runs one job at a time
+(solo pool: the GPU, or the CPU cores, are one resource); the delivery stage ([queue]
+delivery_queue_name) runs in its own thread pool, so encoding out and sending overlap the next edit.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from typing import Any
 
 from dicom_node.context import NodeContext
 from dicom_node.jobs import tasks
-from dicom_node.jobs.celery_app import celery_app, configure_celery
+from dicom_node.jobs.celery_app import celery_app, configure_celery, delivery_app
 from dicom_node.jobs.sweeper import Sweeper
 
 log = logging.getLogger("x2x.jobs.worker")
+
+STAGES = ("edit", "deliver")
+DELIVERY_THREADS = 2  # deliveries at once per process (network and encode-out bound, not GPU)
 
 _embedded: EmbeddedWorker | None = None
 _embedded_lock = threading.Lock()
@@ -21,55 +30,83 @@ _embedded_lock = threading.Lock()
 def _prepare(ctx: NodeContext) -> None:
     configure_celery(ctx.settings)
     tasks.set_worker_context(ctx)
+    delivery_app.finalize()
     celery_app.finalize()
     celery_app.set_current()
     celery_app.set_default()
 
 
-class EmbeddedWorker:
-    """A Celery WorkController (solo pool) in a daemon thread, plus the job sweeper."""
+def _app(stage: str) -> Any:
+    return celery_app if stage == "edit" else delivery_app
 
-    def __init__(self, ctx: NodeContext, hostname: str | None = None):
+
+def _queue(ctx: NodeContext, stage: str) -> str:
+    return ctx.settings.queue.queue_name if stage == "edit" else ctx.settings.queue.delivery_queue_name
+
+
+class _ThreadedController:
+    """One Celery WorkController consuming one stage's queue, in a daemon thread."""
+
+    def __init__(self, ctx: NodeContext, stage: str, hostname: str):
         from celery.worker import WorkController
 
-        _prepare(ctx)
-        self._ready = threading.Event()
-        ready = self._ready
+        self.stage = stage
+        self.ready = threading.Event()
+        ready = self.ready
 
         class _Controller(WorkController):  # type: ignore[misc]
             def on_consumer_ready(self, consumer: Any) -> None:
                 ready.set()
 
+        threaded = stage == "deliver"
         self.controller = _Controller(
-            app=celery_app,
-            pool="solo",
-            concurrency=1,
-            hostname=hostname or f"x2x-embedded@{socket.gethostname()}",
-            queues=[ctx.settings.queue.queue_name],
+            app=_app(stage),
+            pool="threads" if threaded else "solo",
+            concurrency=DELIVERY_THREADS if threaded else 1,
+            hostname=hostname,
+            queues=[_queue(ctx, stage)],
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
             loglevel=ctx.settings.logging.level,
         )
-        self._thread = threading.Thread(target=self.controller.start, name="x2x-celery", daemon=True)
+        self.thread = threading.Thread(target=self.controller.start, name=f"x2x-celery-{stage}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.controller.stop(in_sighandler=False)
+        self.thread.join(timeout)
+
+
+class EmbeddedWorker:
+    """Both stages of `x2x serve`, each a WorkController in a daemon thread, plus the job sweeper."""
+
+    def __init__(self, ctx: NodeContext, hostname: str | None = None):
+        _prepare(ctx)
+        host = hostname or socket.gethostname()
+        self.controllers = [_ThreadedController(ctx, stage, f"x2x-embedded-{stage}@{host}") for stage in STAGES]
         self._sweeper = Sweeper(ctx, kind="embedded")
 
     def start(self, timeout: float = 30.0) -> EmbeddedWorker:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            log.warning("embedded Celery worker not ready after %.0f s (broker reachable?)", timeout)
+        for controller in self.controllers:
+            controller.start()
+        for controller in self.controllers:
+            if not controller.ready.wait(timeout):
+                log.warning("embedded %s worker not ready after %.0f s (broker reachable?)", controller.stage, timeout)
         self._sweeper.start()
-        log.info("embedded Celery worker running (solo pool)")
+        log.info("embedded Celery workers running: edit (solo) and delivery (%d threads)", DELIVERY_THREADS)
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
         self._sweeper.stop()
-        self.controller.stop(in_sighandler=False)
-        self._thread.join(timeout)
+        for controller in reversed(self.controllers):
+            controller.stop(timeout)
 
 
 def start_embedded_worker(ctx: NodeContext) -> None:
-    """Start the embedded Celery worker (solo pool, daemon thread) and the job sweeper, once."""
+    """Start the embedded workers (both stages) and the job sweeper, once."""
     global _embedded
     with _embedded_lock:
         if _embedded is None:
@@ -85,18 +122,28 @@ def stop_embedded_worker(timeout: float = 30.0) -> None:
 
 
 def run_worker(
-    ctx: NodeContext, *, concurrency: int = 1, pool: str = "solo", hostname: str | None = None
+    ctx: NodeContext, *, stages: tuple[str, ...] = STAGES, concurrency: int = 1, pool: str = "solo",
+    hostname: str | None = None,
 ) -> None:
-    """Run a Celery worker in this process until it is told to stop (SIGTERM/SIGINT: warm shutdown)."""
+    """Run a worker in this process until it is told to stop (SIGTERM/SIGINT: warm shutdown). The first
+    stage runs in the main thread with `pool`/`concurrency`; a delivery stage beside an edit stage runs
+    in its own thread pool."""
+    unknown = set(stages) - set(STAGES)
+    if unknown or not stages:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
     _prepare(ctx)
     _route_celery_console_messages()
+    name = hostname or f"x2x-worker-{socket.gethostname()}-{os.getpid()}@{socket.gethostname()}"
+    side = [_ThreadedController(ctx, stage, f"{stage}-{name}") for stage in stages[1:]]
     sweeper = Sweeper(ctx, kind="worker").start()
+    for controller in side:
+        controller.start()
     try:
-        worker = celery_app.Worker(
+        worker = _app(stages[0]).Worker(
             pool=pool,
             concurrency=concurrency,
-            hostname=hostname or f"x2x-worker-{socket.gethostname()}-%p@%h".replace("%p", str(_pid())),
-            queues=[ctx.settings.queue.queue_name],
+            hostname=name,
+            queues=[_queue(ctx, stages[0])],
             loglevel=ctx.settings.logging.level,
             without_mingle=True,
             without_gossip=True,
@@ -104,6 +151,8 @@ def run_worker(
         )
         worker.start()
     finally:
+        for controller in side:
+            controller.stop(30.0)
         sweeper.stop()
 
 
@@ -116,9 +165,3 @@ def _route_celery_console_messages() -> None:
         logging.getLogger("celery.worker").warning("%s", msg.strip())
 
     celery_worker.safe_say = _say  # type: ignore[assignment]
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

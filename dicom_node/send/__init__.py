@@ -13,7 +13,17 @@ from dicom_node.send.cstore import CStoreSender
 from dicom_node.send.folder import FolderSender
 from dicom_node.send.stow import StowSender
 
-__all__ = ["Sender", "SendError", "SendItem", "SendReport", "get_sender", "resolve_destination", "SENDERS"]
+__all__ = [
+    "SENDERS",
+    "SendError",
+    "SendItem",
+    "SendReport",
+    "Sender",
+    "destination_name",
+    "get_sender",
+    "lookup_destination",
+    "resolve_destination",
+]
 
 
 def _cstore(name: str, dest: Destination, calling_ae: str) -> Sender:
@@ -50,21 +60,27 @@ def get_sender(dest: Destination, *, name: str = "destination", calling_ae: str 
     return factory(name, dest, calling_ae)
 
 
-def resolve_destination(
-    settings: Settings, *, job_destination: str | None, calling_ae: str | None
-) -> tuple[str, Destination] | None:
-    """job.destination (called-AE rule) -> [send.peers][calling AE] -> default -> None (keep on disk).
-
-    Raises SendError when a name is chosen that [destinations] does not define.
-    """
-    name = job_destination
+def destination_name(settings: Settings, *, requested: str | None, calling_ae: str | None) -> str | None:
+    """Which destination an edit goes to: the request's (a called-AE rule, the REST API) ->
+    [send.peers][calling AE] -> [send] default_destination -> None (results kept on disk only)."""
+    name = requested
     if not name and calling_ae:
         name = settings.send.peers.get(calling_ae.strip())
-    if not name:
-        name = settings.send.default_destination
-    if not name:
-        return None
+    return name or settings.send.default_destination or None
+
+
+def lookup_destination(settings: Settings, name: str) -> Destination:
+    """The configured destination `name`; SendError when [destinations] does not define it."""
     dest = settings.destinations.get(name)
     if dest is None:
         raise SendError(f"destination {name!r} is not defined in [destinations]")
-    return name, dest
+    return dest
+
+
+def resolve_destination(
+    settings: Settings, *, job_destination: str | None, calling_ae: str | None
+) -> tuple[str, Destination] | None:
+    """`destination_name` and its configuration; None = keep on disk. Raises SendError when a name is
+    chosen that [destinations] does not define."""
+    name = destination_name(settings, requested=job_destination, calling_ae=calling_ae)
+    return None if name is None else (name, lookup_destination(settings, name))

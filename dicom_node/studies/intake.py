@@ -16,8 +16,10 @@ from dicom_node import metrics
 from dicom_node.context import NodeContext, resolve_model_path
 from dicom_node.edit_params import InvalidEditParams, default_seed, job_key, resolve_params
 from dicom_node.inbound.spool import Spool
-from dicom_node.jobs.queue import enqueue
-from dicom_node.jobs.states import JobState
+from dicom_node.jobs.deliveries import ensure_delivery
+from dicom_node.jobs.queue import enqueue, send_delivery
+from dicom_node.jobs.states import Action, JobState
+from dicom_node.send import destination_name
 from dicom_node.studies import eligibility, requests
 from dicom_node.studies.records import (
     INSTANCE_INVALID_REQUEST,
@@ -58,6 +60,17 @@ def _explicit(settings: Any, req: ExplicitRequest) -> requests.EditRequest:
     except InstructionError as exc:
         return requests.EditRequest("api", req.instruction, None, seed, params, req.destination, str(exc))
     return requests.EditRequest("api", req.instruction, canonical, seed, params, req.destination)
+
+
+def _deliver_to(ctx: NodeContext, job_id: int, destination: str | None) -> None:
+    """Make sure the job's objects go to `destination`: a new delivery for a job past its delivery stage
+    reopens it (the edit is not redone); a destination it already has changes nothing."""
+    if destination is None:
+        return
+    _delivery, created = ensure_delivery(ctx, job_id, destination)
+    if created and ctx.store.transition(job_id, Action.REOPEN).changed:
+        log.info("job %s: new destination %s, delivering without re-editing", job_id, destination)
+        send_delivery(ctx, job_id)
 
 
 def create_jobs_for_study(
@@ -139,6 +152,7 @@ def create_jobs_for_study(
             metrics.jobs_created_total.inc()
         else:
             outcome.existing_jobs.append(job.id)
+        _deliver_to(ctx, job.id, destination_name(settings, requested=request.destination, calling_ae=calling_ae))
         if created or job.state == JobState.RECEIVED:  # created but never queued (e.g. a crash)
             try:
                 enqueue(ctx, job.id)
