@@ -47,7 +47,7 @@ class SourceImage:
 class EditParams:
     """All knobs of one edit, with the paper's defaults. Every field goes into the provenance."""
 
-    steps: int = 100  # DDIM inference steps (timesteps 990 ... 0 for 1000 training steps)
+    steps: int = 100  # DDIM inference steps (pinned schedule: timesteps 991 ... 1 of 1000 training steps)
     text_guidance: float = 7.5  # s_T
     image_guidance: float = 1.5  # s_I
     tau: float = 0.1  # guidance threshold; 0 = no RSE (plain IP2P)
@@ -64,7 +64,7 @@ class EditParams:
     paper_prior_dir: str | None = None  # folder of pseudo_mask_<Finding>.npy (prior="paper")
     mask_cleanup: bool = True  # small morphological opening/closing of the binary mask
     feather_px: int = 4  # composite edge feathering at native resolution
-    resolution: int | None = None  # None = the model's own resolution
+    resolution: int | None = None  # None = the model's own resolution (the input profile sets the grid)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,11 +93,18 @@ class EditResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     provenance: dict[str, Any] = field(default_factory=dict)  # laterality, regions, notes, ...
     source_display: np.ndarray | None = None  # float32 [0,1] native display image (for overlays)
+    # What the text encoder saw: the instruction as written, whitespace normalised (== provenance["prompt"]).
+    prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            self.prompt = self.instruction.prompt
 
     def summary(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-serialisable (result.json)."""
         return {
             "instruction": self.instruction.canonical(),
+            "prompt": self.prompt,
             "parsed_instruction": self.instruction.to_dict(),
             "prior_source": self.prior_source,
             "coverage": self.coverage,

@@ -8,6 +8,9 @@ where G >= tau, the source image elsewhere), relevance.npy, guidance.npy, mask.p
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -55,6 +58,22 @@ def write_edit_outputs(result: EditResult, counterfactual_display: np.ndarray, o
         write(path)
         written.append(path)
     return written
+
+
+@contextmanager
+def step_progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar of the DDIM steps on stderr when it is a terminal; nothing otherwise (pipes,
+    logs, tests). Yields the `step_callback` for `Editor.edit`."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("denoise", total=total)
+        yield lambda i: bar.update(task, completed=i + 1)
 
 
 @app.command()
@@ -114,14 +133,16 @@ def edit(
         dtype=cfg.model.dtype,
         single_file_config=cfg.model.single_file_config,
     )
-    result = editor.edit(image, parsed, seed=seed if seed is not None else defaults.seed, params=params)
+    with step_progress(params.steps) as on_step:
+        result = editor.edit(image, parsed, seed=seed if seed is not None else defaults.seed, params=params,
+                             step_callback=on_step)
     counterfactual_display = DisplayMapping.from_source(image).to_display(result.counterfactual)
     write_edit_outputs(result, counterfactual_display, out)
     from dicom_node.results import write_dicom_outputs_for_file  # H4: the five DICOM objects (DICOM sources)
 
     write_dicom_outputs_for_file(src, result, out, cfg)
     typer.echo(
-        f"SYNTHETIC edit '{result.instruction.canonical()}' model={result.model_id} seed={result.seed} "
+        f"SYNTHETIC edit '{result.prompt}' model={result.model_id} seed={result.seed} "
         f"steps={params.steps} rse={'on' if params.rse and params.tau > 0 else 'off'} "
         f"prior={result.prior_source} coverage={result.coverage:.3f} "
         f"time={result.timings.get('total', 0.0):.1f}s -> {out}"
