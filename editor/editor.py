@@ -188,8 +188,8 @@ class Editor:
                 m_lat = np.ones(r_lat.shape, dtype=bool)
                 m_px = np.ones((height, width), dtype=bool)
                 notes.append("RSE off: plain InstructPix2Pix (mask all ones); R and G recorded only")
-            prior_stats = prior_vs_relevance(prior, r_up, m_px if use_rse else g_px >= params.tau,
-                                             params.tau if params.tau > 0 else EditParams().tau)
+            stats_tau = params.tau if params.tau > 0 else EditParams().tau  # without RSE: what it would do
+            prior_stats = prior_vs_relevance(prior, r_up, m_px if use_rse else g_px >= stats_tau, stats_tau)
             clock.lap("guidance")
 
             decoded: np.ndarray | None = None

@@ -4,8 +4,9 @@ prior = union over the instruction's findings of (finding -> anatomical regions,
 editor/vocabulary.py) on this image's anatomy (editor/anatomy.py), narrowed by location words:
   * left / right are the *patient's* sides, placed on the image through `Orientation` (DICOM
     PatientOrientation / ViewPosition) — never guessed from pixels; bilateral / none = both sides;
-  * upper / middle / lower / base / apical / retrocardiac / perihilar intersect the finding's regions
-    with that zone (or, when the two do not overlap, use the zone and say so).
+  * upper / middle / lower / base / apical / lateral / retrocardiac / perihilar / pericardial / pleural /
+    rib intersect the finding's regions with that zone (or, when the two do not overlap, use the zone
+    and say so).
 Every finding has a region rule (editor/vocabulary.py); the few without a typical place use the broad
 field (lungs, heart, mediastinum), recorded in `broad_field` and the notes. "Remove" uses the finding's
 remove rule: where the finding *is* on the image that shows it -- the anatomy is segmented on that
