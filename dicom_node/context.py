@@ -1,4 +1,4 @@
-"""What every stage of the node shares: settings, job store and a lazily loaded editor."""
+"""What every stage of the node shares: settings, the database, the job store and a lazily loaded editor."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicom_node.config import Settings
+from dicom_node.db.engine import Database
 from dicom_node.jobs.store import JobStore
 
 if TYPE_CHECKING:
-    from editor.editor import Editor
+    from editor import Editor
 
 log = logging.getLogger("x2x.context")
 
@@ -22,7 +23,7 @@ def resolve_model_path(settings: Settings) -> Path:
     if settings.model.path is not None:
         return settings.model.path
     try:
-        from editor.demo import demo_model_path  # the phantom demo model, when it ships
+        from editor import demo_model_path  # the phantom demo model, when it ships
 
         demo = demo_model_path()
     except ImportError:
@@ -37,7 +38,7 @@ def resolve_model_path(settings: Settings) -> Path:
         return demo
     tiny = settings.var_dir / "models" / "tiny-random-fixture"
     if not (tiny / "model_index.json").exists():
-        from editor.tiny import init_tiny_model
+        from editor import init_tiny_model
 
         init_tiny_model(tiny, seed=0)
     _announce_once(
@@ -61,6 +62,7 @@ def _announce_once(path: Path, message: str) -> None:
 @dataclass
 class NodeContext:
     settings: Settings
+    db: Database
     store: JobStore
     _editor: Editor | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -73,7 +75,7 @@ class NodeContext:
         """Load the editor once (thread-safe); later calls return the same instance."""
         with self._lock:
             if self._editor is None:
-                from editor.editor import Editor
+                from editor import Editor
 
                 self._editor = Editor.from_pretrained(
                     self.model_path,
@@ -86,4 +88,5 @@ class NodeContext:
 
 def build_context(settings: Settings) -> NodeContext:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    return NodeContext(settings=settings, store=JobStore(settings.database_url))
+    db = Database(settings.database_url)
+    return NodeContext(settings=settings, db=db, store=JobStore(db))

@@ -36,3 +36,4 @@ instances_skipped_total = Counter(
     "x2x_instances_skipped_total",
     "Instances not turned into jobs (not a frontal chest radiograph, no or invalid edit request).",
 )
+

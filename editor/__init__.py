@@ -1,22 +1,44 @@
 """InstructX2X editor: region-specific counterfactual editing of chest radiographs (synthetic output).
 
-The seam to the rest of the product is one call: `Editor.edit(image, instruction, *, seed, params)`.
-This package never imports `dicom_node`. Importing it does not import torch (that happens on load).
+The seam to the rest of the product is one call: `Editor.edit(image, instruction, *, seed, params)`,
+plus the few helpers the node needs around it (reading a source image, its display mapping, the
+instruction parser, model identity). Everything `dicom_node` uses outside its research commands is
+exported here (a test checks it). This package never imports `dicom_node`, and importing it does not
+import torch (that happens when a model is loaded).
 """
 
+from editor.demo import demo_model_path
+from editor.display import guidance_overlay, to_uint8
 from editor.editor import Editor
-from editor.instructions import InstructionError, ParsedInstruction, parse_instruction
-from editor.source import source_from_dataset, source_from_file
+from editor.instructions import FindingSpec, InstructionError, ParsedInstruction, parse_instruction
+from editor.model import ModelInfo, ModelLoadError, describe_model, disable_progress_bars
+from editor.preprocess import DisplayMapping
+from editor.source import UnsupportedImageError, source_from_dataset, source_from_file
+from editor.tiny import init_tiny_model
 from editor.types import EditParams, EditResult, SourceImage
+from editor.vocabulary import FINDINGS, FindingInfo
 
 __all__ = [
+    "FINDINGS",
+    "DisplayMapping",
     "EditParams",
     "EditResult",
     "Editor",
+    "FindingInfo",
+    "FindingSpec",
     "InstructionError",
+    "ModelInfo",
+    "ModelLoadError",
     "ParsedInstruction",
     "SourceImage",
+    "UnsupportedImageError",
+    "demo_model_path",
+    "describe_model",
+    "disable_progress_bars",
+    "guidance_overlay",
+    "init_tiny_model",
     "parse_instruction",
     "source_from_dataset",
     "source_from_file",
+    "to_uint8",
 ]

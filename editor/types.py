@@ -7,6 +7,9 @@ sees a network or a PACS. `EditResult` carries arrays on the source's native gri
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,34 +46,88 @@ class SourceImage:
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
 
 
+def _knob(default: Any, help: str, **bounds: float) -> Any:
+    """A field with its one-line description and numeric bounds (ge / le / multiple_of). The [edit]
+    config section is generated from these, and EditParams checks the same bounds when constructed."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
 @dataclass(frozen=True)
 class EditParams:
-    """All knobs of one edit, with the paper's defaults. Every field goes into the provenance."""
+    """All knobs of one edit, with the paper's defaults. Every field goes into the provenance.
 
-    steps: int = 100  # DDIM inference steps (pinned schedule: timesteps 991 ... 1 of 1000 training steps)
-    text_guidance: float = 7.5  # s_T
-    image_guidance: float = 1.5  # s_I
-    tau: float = 0.1  # guidance threshold; 0 = no RSE (plain IP2P)
-    rse: bool = True  # False = plain InstructPix2Pix (same as tau = 0)
-    relevance_timestep: int = 800  # noise level of the relevance map (0.8 x 1000)
-    relevance_samples: int = 1  # K noise draws averaged (K = 1 reproduces the paper)
-    # "source": research code, source latents noised to the first timestep with one noise tensor;
-    # "noise": pure noise start, as diffusers' StableDiffusionInstructPix2PixPipeline.
-    start: Literal["source", "noise"] = "source"
-    # "current": research code, blend with the original noised to the step's current t (default, paper);
-    # "next": corrected, noised to the level the latents sit at after the step.
-    blend_timestep: Literal["current", "next"] = "current"
-    prior: Literal["anatomy", "paper", "none"] = "anatomy"
-    paper_prior_dir: str | None = None  # folder of pseudo_mask_<Finding>.npy (prior="paper")
-    mask_cleanup: bool = True  # small morphological opening/closing of the binary mask
-    feather_px: int = 4  # composite edge feathering at native resolution
-    resolution: int | None = None  # None = the model's own resolution (the input profile sets the grid)
+    This is the one schema of edit parameters: the node's `[edit]` config section, the CLI, the REST
+    API and the job records are all validated by constructing it.
+    """
+
+    steps: int = _knob(100, "DDIM inference steps (the paper: 100); fewer = faster, coarser", ge=1, le=1000)
+    text_guidance: float = _knob(7.5, "s_T, text guidance scale")
+    image_guidance: float = _knob(1.5, "s_I, image guidance scale")
+    tau: float = _knob(0.1, "guidance-map threshold; 0 = no RSE (plain InstructPix2Pix)", ge=0.0, le=1.0)
+    rse: bool = _knob(True, "region-specific editing; false = plain InstructPix2Pix (as tau = 0)")
+    relevance_timestep: int = _knob(800, "noise level of the relevance map (0.8 x 1000 training steps)",
+                                    ge=0, le=999)
+    relevance_samples: int = _knob(1, "noise draws averaged into the relevance map (1 reproduces the paper)",
+                                   ge=1, le=64)
+    start: Literal["source", "noise"] = _knob(
+        "source", "source = research code (source latents noised to the first timestep); noise = diffusers' "
+        "pipeline (pure noise)")
+    blend_timestep: Literal["current", "next"] = _knob(
+        "current", "current = research code (default); next = corrected noise level after each step")
+    prior: Literal["anatomy", "paper", "none"] = _knob(
+        "anatomy", "region prior: per-image anatomy, the paper's fixed masks, or none")
+    paper_prior_dir: str | None = _knob(None, "folder of pseudo_mask_<Finding>.npy for prior = paper")
+    mask_cleanup: bool = _knob(True, "small morphological opening/closing of the binary mask")
+    feather_px: int = _knob(4, "inward feathering of the mask edge at native resolution (pixels)", ge=0)
+    resolution: int | None = _knob(None, "model grid's shorter side (the square's side for the research "
+                                   "input profile); unset = the model's own", ge=64, multiple_of=8)
+
+    def __post_init__(self) -> None:
+        problems = [p for f in dataclasses.fields(self) if (p := _check(f, getattr(self, f.name)))]
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EditParams:
+        """From a complete or partial dict (missing fields take their defaults); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown edit parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
     def replace(self, **changes: Any) -> EditParams:
         return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=1)
+def _choices() -> dict[str, tuple[Any, ...]]:
+    """Allowed values of the Literal-typed EditParams fields."""
+    hints = typing.get_type_hints(EditParams)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
+
+
+def _check(f: dataclasses.Field[Any], value: Any) -> str | None:
+    """Why `value` is not allowed for field `f`, or None."""
+    choices = _choices().get(f.name)
+    if choices is not None:
+        return None if value in choices else f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+    bounds = {k: v for k, v in f.metadata.items() if k in ("ge", "le", "multiple_of")}
+    if not bounds or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{f.name} must be a number, got {value!r}"
+    wants_int = isinstance(f.default, int) or "multiple_of" in bounds
+    if wants_int and not isinstance(value, int):
+        return f"{f.name} must be an integer, got {value!r}"
+    if "ge" in bounds and value < bounds["ge"] or "le" in bounds and value > bounds["le"]:
+        return f"{f.name} must be in [{bounds.get('ge', '-inf')}, {bounds.get('le', 'inf')}], got {value!r}"
+    if "multiple_of" in bounds and value % bounds["multiple_of"]:
+        return f"{f.name} must be a multiple of {bounds['multiple_of']:g}, got {value!r}"
+    return None
 
 
 @dataclass

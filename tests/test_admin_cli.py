@@ -15,8 +15,12 @@ import pytest
 
 from dicom_node.config import load_settings
 from dicom_node.context import build_context
+from dicom_node.db.tables import JobLease, utcnow
 from dicom_node.jobs import leases
-from dicom_node.jobs.store import EDITING, QUEUED, utcnow
+from dicom_node.jobs.states import JobState
+from tests.support.jobs import create_job
+
+EDITING, QUEUED = JobState.EDITING.value, JobState.QUEUED.value
 
 X2X = str(Path(sys.executable).with_name("x2x"))
 
@@ -32,11 +36,10 @@ def ctx(var_dir: Path):
 
 
 def _job(ctx, n: int, **fields):
-    job, _ = ctx.store.create_job(
-        idempotency_key=f"key-{n}", study_instance_uid="1.2.3", sop_instance_uid=f"1.2.3.{n}",
+    return create_job(
+        ctx, idempotency_key=f"key-{n}", study_instance_uid="1.2.3", sop_instance_uid=f"1.2.3.{n}",
         source_path=f"/nowhere/{n}.dcm", instruction="Add the finding of pleural effusion.", **fields,
     )
-    return job
 
 
 def x2x(var_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -75,7 +78,6 @@ def test_jobs_list_show_cancel_and_status(ctx, var_dir: Path) -> None:
 
 
 def test_claim_is_atomic_and_sweep_recovers_only_orphaned_jobs(ctx) -> None:
-    leases.ensure_tables(ctx.store)
     me = leases.WorkerIdentity.current()
     other = leases.WorkerIdentity("elsewhere", 1)
     job = _job(ctx, 1, state=QUEUED)
@@ -97,8 +99,8 @@ def test_claim_is_atomic_and_sweep_recovers_only_orphaned_jobs(ctx) -> None:
     job3 = _job(ctx, 3, state=QUEUED)
     assert leases.claim(ctx.store, job3.id, other)
     assert job3.id not in leases.recoverable_jobs(ctx.store, lease_seconds=lease_s, requeue_queued_after=900)
-    with ctx.store.session() as s:
-        s.get(leases.JobLease, job3.id).heartbeat_at = utcnow() - dt.timedelta(seconds=lease_s + 1)
+    with ctx.db.session() as s:
+        s.get(JobLease, job3.id).heartbeat_at = utcnow() - dt.timedelta(seconds=lease_s + 1)
     assert job3.id in leases.recoverable_jobs(ctx.store, lease_seconds=lease_s, requeue_queued_after=900)
     assert leases.requeue_in_progress(ctx.store, job3.id, lease_seconds=lease_s) is True
     # a delayed retry is not claimed before its time
@@ -112,15 +114,11 @@ import sys, time
 from pathlib import Path
 from dicom_node.config import load_settings
 from dicom_node.context import build_context
-from dicom_node import studies
-from dicom_node.jobs import leases
 root, start = Path(sys.argv[1]), float(sys.argv[2])
 for k in range(6):
     settings = load_settings(paths={"var_dir": root / str(k)})
     time.sleep(max(0.0, start + 0.5 * k - time.time()))
-    ctx = build_context(settings)
-    leases.ensure_tables(ctx.store)
-    studies.ensure_tables(ctx)
+    build_context(settings)
 """
 
 
@@ -135,6 +133,6 @@ def test_processes_starting_together_on_a_new_database_all_get_its_tables(tmp_pa
     assert not failed, f"{len(failed)} of 8 processes failed:\n{failed[0]}"
     for k in range(6):
         ctx = build_context(load_settings(paths={"var_dir": tmp_path / str(k)}))
-        with ctx.store.engine.connect() as conn:
+        with ctx.db.engine.connect() as conn:
             names = {row[0] for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"jobs", "job_leases", "workers", "studies", "study_instances"} <= names, names

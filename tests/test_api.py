@@ -8,6 +8,7 @@ to end is tests/test_node_ops.py.
 from __future__ import annotations
 
 import logging
+import re
 import stat
 import uuid
 from pathlib import Path
@@ -228,3 +229,25 @@ def test_metrics_exposes_job_store_and_process_counters(ctx, client: TestClient,
     after = client.get("/metrics").text
     assert 'x2x_jobs{state="queued"} 1.0' in after and "x2x_queue_depth 1.0" in after
     assert "x2x_instances_received_total" in after and "x2x_send_failures_total" in after
+
+
+@pytest.mark.integration
+def test_docs_render_offline_in_a_browser(tmp_path: Path) -> None:
+    """/docs is Swagger UI from local files: in headless Chromium it renders the API's operations (it once
+    showed only "does not specify a valid version field": its Swagger UI predated OpenAPI 3.1)."""
+    from dicom_node.api.server import ApiServer
+    from dicom_node.config import load_settings
+    from dicom_node.context import build_context
+    from tests.conftest import free_port
+    from tests.support.browser import chromium
+
+    ctx = build_context(load_settings(paths={"var_dir": str(tmp_path / "var")},
+                                      api={"host": "127.0.0.1", "port": free_port()}))
+    server = ApiServer(ctx).start()
+    try:
+        dom = chromium(tmp_path, f"{server.url}/docs", "--dump-dom", budget_ms=15000).stdout.decode()
+    finally:
+        server.stop()
+    assert "valid version field" not in dom
+    paths = set(re.findall(r'data-path="([^"]+)"', dom))
+    assert {"/jobs", "/jobs/{job_id}", "/studies", "/readyz", "/dicomweb/studies"} <= paths, sorted(paths)

@@ -85,15 +85,15 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_edit_section_maps_onto_the_editor_params(tmp_path: Path) -> None:
     import dataclasses
 
-    from dicom_node.config import EditDefaults
-    from dicom_node.edit_requests import edit_params
+    from dicom_node.config import EditConfig
+    from dicom_node.edit_params import resolve_params
     from editor.types import EditParams
 
     fields = {f.name for f in dataclasses.fields(EditParams)}
-    assert set(EditDefaults.model_fields) - {"seed"} <= fields  # seed travels as the job's own column
+    assert set(EditConfig.model_fields) - {"seed"} <= fields  # seed travels as the job's own column
     s = load_settings(_write(tmp_path, "[edit]\nsteps = 7\nresolution = 256\nblend_timestep = \"next\"\n"))
-    params = EditParams(**edit_params(s))
+    params = resolve_params(s)
     assert (params.steps, params.resolution, params.blend_timestep) == (7, 256, "next")
-    assert EditParams(**edit_params(s, steps=3)).steps == 3
+    assert resolve_params(s, {"steps": 3}).steps == 3
     # the paper's defaults when nothing is configured
-    assert EditParams(**edit_params(load_settings())) == EditParams()
+    assert resolve_params(load_settings()) == EditParams()

@@ -38,7 +38,7 @@ def test_phantom_studies_cli_writes_requests(tmp_path: Path) -> None:
 
 
 def test_default_node_edits_phantom_studies_with_the_demo_model(tmp_path: Path) -> None:
-    from dicom_node.phantom_studies import write_phantom_studies
+    from dicom_node.tools.phantom_studies import write_phantom_studies
 
     files = write_phantom_studies(tmp_path / "in", n=2, size=256)
     with run_node(tmp_path, "[edit]\nsteps = 10\n") as node:  # no model configured: the demo model

@@ -10,14 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_config_reference_is_current() -> None:
-    from dicom_node.config_reference import render_markdown
+    from dicom_node.cli.references import render_config_markdown as render_markdown
 
     text = (ROOT / "docs" / "config-reference.md").read_text()
     assert render_markdown() in text, "run: x2x config reference  (and paste into docs/config-reference.md)"
 
 
 def test_cli_reference_is_current() -> None:
-    from dicom_node.cli_reference import render_markdown
+    import typer.main
+
+    from dicom_node.cli import app
+    from dicom_node.cli.references import render_cli_markdown
+
+    def render_markdown() -> str:
+        return render_cli_markdown(typer.main.get_command(app))
 
     assert (ROOT / "docs" / "cli-reference.md").read_text() == render_markdown(), (
         "run: x2x config cli-reference > docs/cli-reference.md"

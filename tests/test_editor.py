@@ -190,9 +190,12 @@ def test_rse_keeps_every_pixel_outside_the_mask_and_the_mask_inside_the_prior(
     assert summary["synthetic"] is True
 
 
-def test_empty_mask_returns_the_source_unchanged(editor: Editor) -> None:
+def test_empty_mask_returns_the_source_unchanged(editor: Editor, tmp_path: Path) -> None:
     src = _source()
-    result = editor.edit(src, PROMPT, seed=0, params=EditParams(steps=2, tau=1.01, prior="none", resolution=256))
+    # an all-zero region prior: G = prior x R is 0 everywhere, so no pixel reaches tau
+    np.save(tmp_path / "pseudo_mask_Effusion.npy", np.zeros((512, 512), np.float32))
+    params = EditParams(steps=2, prior="paper", paper_prior_dir=str(tmp_path), resolution=256)
+    result = editor.edit(src, PROMPT, seed=0, params=params)
     assert not result.mask.any() and result.coverage == 0.0
     assert result.counterfactual.tobytes() == src.pixels.tobytes()
     assert any("empty guidance mask" in note for note in result.provenance["notes"])
@@ -275,12 +278,11 @@ def test_x2x_edit_cli_rejects_an_unknown_finding(tiny_model_dir: Path, tmp_path:
 
 def test_relevance_is_seeded_and_k_samples_average(editor: Editor) -> None:
     gray = _test_image(256, 256)
-    ones = np.ones_like(gray)
-    no_edit = EditParams(tau=1.01)  # empty mask: relevance only, no denoising
+    nowhere = np.zeros_like(gray)  # a zero prior: empty mask, so relevance only, no denoising
 
     def relevance(seed: int, samples: int) -> np.ndarray:
-        params = no_edit.replace(relevance_samples=samples)
-        edit = editor.edit_model_grid(_rgb_tensor(gray), PROMPT, ones, seed=seed, params=params)
+        params = EditParams(relevance_samples=samples)
+        edit = editor.edit_model_grid(_rgb_tensor(gray), PROMPT, nowhere, seed=seed, params=params)
         assert edit.image is None and not edit.mask.any()
         return edit.relevance_latent
 

@@ -15,15 +15,21 @@ import pydicom
 import pytest
 
 from dicom_node.context import NodeContext, build_context
+from dicom_node.edit_params import job_key
 from dicom_node.jobs.pipeline import JobOutcome, job_results_dir, run_job
-from dicom_node.jobs.store import DEAD_LETTER, DONE, FAILED, QUEUED, idempotency_key
+from dicom_node.jobs.states import JobState
 from dicom_node.results import FILE_NAMES, KINDS, PREVIEW_NAMES
+from editor import EditParams
 from tests.conftest import require_tool
+from tests.support.jobs import create_job, force_state
 from tests.support.node import X2X, run_node
 from tests.support.orthanc import Orthanc, tcp_nodelay_env
 
 INSTRUCTION = "Add the finding of left pleural effusion."
 PARAMS = {"steps": 2, "resolution": 256}  # small model grid: fast on CPU
+
+DEAD_LETTER, DONE, FAILED, QUEUED = (s.value for s in (JobState.DEAD_LETTER, JobState.DONE, JobState.FAILED,
+                                                      JobState.QUEUED))
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,8 +57,9 @@ def _create_job(ctx: NodeContext, chest_cr_path: Path, tmp_path: Path) -> int:
     source.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(chest_cr_path, source)
     ds = pydicom.dcmread(source, stop_before_pixels=True)
-    job, created = ctx.store.create_job(
-        idempotency_key=idempotency_key(ds.SOPInstanceUID, INSTRUCTION, "tiny", 0, PARAMS),
+    job = create_job(
+        ctx,
+        idempotency_key=job_key(ds.SOPInstanceUID, INSTRUCTION, "tiny", 0, EditParams(**PARAMS)),
         study_instance_uid=ds.StudyInstanceUID,
         sop_instance_uid=ds.SOPInstanceUID,
         source_path=str(source),
@@ -62,7 +69,6 @@ def _create_job(ctx: NodeContext, chest_cr_path: Path, tmp_path: Path) -> int:
         destination="pacs",
         state=QUEUED,
     )
-    assert created
     return int(job.id)
 
 
@@ -104,7 +110,7 @@ def test_pipeline_delivers_and_resend_is_deduplicated(
         assert run_job(ctx, job_id).state == DONE
         # a forced resend reuses the encoded objects (no second edit) and their UIDs: nothing new
         before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-        ctx.store.set_state(job_id, FAILED)
+        force_state(ctx, job_id, FAILED)
         assert run_job(ctx, job_id).state == DONE
         assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
         assert orthanc.instance_count() == 5

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pydicom
 import pytest
 
 from tests.conftest import free_port, require_tool
+from tests.support.browser import chromium
 from tests.support.chest_copies import chest_copy, low_resolution_model, write_chest_copies
 from tests.support.node import NodeProcess, run_node
 
@@ -125,10 +125,11 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
             assert (folder / "overlay.png").is_file()
 
         # STOW-RS instance: a job exactly like the C-STORE ones, but from the web
-        # (through the running node's study tracker: same quiet period, same request rules)
+        # (through the running node's study tracker: same quiet period, same request rules).
+        # HTTP has no AE titles: the STOW job's calling AE is empty and its origin says "stow".
         by_sender = {j["calling_ae"]: j for j in jobs}
-        assert set(by_sender) == {"STORESCU", "DICOMWEB"}
-        stow_job, dimse_job = by_sender["DICOMWEB"], by_sender["STORESCU"]
+        assert set(by_sender) == {"STORESCU", None}
+        stow_job, dimse_job = by_sender[None], by_sender["STORESCU"]
         assert stow_job["sop_instance_uid"] == stow_ds.SOPInstanceUID
         assert stow_job["study_instance_uid"] == stow_ds.StudyInstanceUID
         for field in ("instruction", "seed", "params", "model_hash", "state", "called_ae"):
@@ -159,17 +160,6 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
         with Image.open(shot) as im:
             assert im.size == (1280, 900)
             assert len(set(im.convert("L").resize((64, 64)).getdata())) > 20, "screenshot is blank"
-
-
-def chromium(tmp_path: Path, url: str, *mode: str) -> subprocess.CompletedProcess[bytes]:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or require_tool("chromium")
-    profile = tmp_path / f"chromium-{uuid.uuid4().hex[:6]}"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-           "--window-size=1280,900", "--hide-scrollbars", "--virtual-time-budget=3000", *mode, url]
-    r = subprocess.run(cmd, capture_output=True, timeout=120)
-    assert r.returncode == 0, r.stderr.decode()[-2000:]
-    return r
 
 
 # --- scale-out: redis + two x2x worker processes ----------------------------------------------------------

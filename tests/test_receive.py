@@ -27,6 +27,13 @@ from tests.support.node import echo, run_node
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["tuned", "stock"])
+def scp_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every receive test runs against the node's prompt reactor loops and against stock pynetdicom."""
+    monkeypatch.setenv("X2X_NODE__SCP_TUNING", "true" if request.param == "tuned" else "false")
+    return str(request.param)
+
+
 def _pynetdicom_store(port: int, path: Path, *, calling_ae: str = "PYSCU", ssl_context=None) -> int:
     """Send a file with pynetdicom (a file path is sent as its encoded data set, byte for byte)."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -41,7 +48,7 @@ def _pynetdicom_store(port: int, path: Path, *, calling_ae: str = "PYSCU", ssl_c
         assoc.release()
 
 
-def test_echo_and_store_bytes_as_received(tmp_path, tiny_model_dir, chest_cr_path):
+def test_echo_and_store_bytes_as_received(tmp_path, scp_loops, tiny_model_dir, chest_cr_path):
     require_tool("storescu")
     # What dcmtk storescu puts on the wire, as received bit-preserving by dcmtk's own storescp.
     ref_dir = tmp_path / "storescp"
@@ -83,7 +90,7 @@ def test_echo_and_store_bytes_as_received(tmp_path, tiny_model_dir, chest_cr_pat
         node.wait_for(lambda: "1 duplicate" in node.log_text(), 10, "the duplicate to be logged")
 
 
-def test_unknown_calling_ae_rejected(tmp_path, tiny_model_dir):
+def test_unknown_calling_ae_rejected(tmp_path, scp_loops, tiny_model_dir):
     cfg = '[node]\nallowed_calling_aes = ["GOODSCU"]\n'
     with run_node(tmp_path, cfg, model_dir=tiny_model_dir,
                   ready_check=lambda nd: echo(nd.port, calling_ae="GOODSCU")) as node:
@@ -113,7 +120,7 @@ def _make_pki(d: Path) -> None:
                  "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf", cwd=d)
 
 
-def test_tls_needs_the_right_client_certificate(tmp_path, tiny_model_dir, chest_cr_path):
+def test_tls_needs_the_right_client_certificate(tmp_path, scp_loops, tiny_model_dir, chest_cr_path):
     require_tool("openssl")
     pki = tmp_path / "pki"
     _make_pki(pki)
@@ -148,7 +155,7 @@ require_client_cert = true
         node.wait_for(lambda: "TLS handshake with" in node.log_text(), 10, "failed handshakes to be logged")
 
 
-def test_disk_full_answers_out_of_resources_without_partial_files(tmp_path, tiny_model_dir, chest_cr_path,
+def test_disk_full_answers_out_of_resources_without_partial_files(tmp_path, scp_loops, tiny_model_dir, chest_cr_path,
                                                                   pydicom_data_dir):
     mnt = tmp_path / "tiny-spool"
     mnt.mkdir()
@@ -168,7 +175,7 @@ def test_disk_full_answers_out_of_resources_without_partial_files(tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_every_corpus_file_gets_a_status_and_node_survives(tmp_path, tiny_model_dir, pydicom_data_dir):
+def test_every_corpus_file_gets_a_status_and_node_survives(tmp_path, scp_loops, tiny_model_dir, pydicom_data_dir):
     files = sorted(Path(pydicom_data_dir).rglob("*.dcm"))
     assert len(files) >= 60
     answered, client_refused = {}, []
@@ -197,7 +204,7 @@ def test_every_corpus_file_gets_a_status_and_node_survives(tmp_path, tiny_model_
           f"client could not send {len(client_refused)}: {client_refused}")
 
 
-def test_concurrent_associations_and_undecodable_dataset(tmp_path, tiny_model_dir, chest_cr_path):
+def test_concurrent_associations_and_undecodable_dataset(tmp_path, scp_loops, tiny_model_dir, chest_cr_path):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
@@ -243,3 +250,62 @@ def test_bench_ingest_prints_rates_and_ratios(tmp_path):
         assert rates["x2x"] > 0 and rates["x2x_no_fsync"] > 0
         dcmtk = rates.get("dcmtk_storescp") or rates["dcmtk_storescp_fork"]
         assert rates["ratio_x2x_over_dcmtk"] == pytest.approx(rates["x2x"] / dcmtk, abs=0.01)
+
+
+# The prompt reactor loops (dicom_node/inbound/tuning.py) ------------------------------------------
+def test_tuning_replaces_exactly_the_pinned_upstream_loops() -> None:
+    """tuning.py re-implements two private pynetdicom loops: a pynetdicom release that changes either one
+    must fail here (re-check the copy against the new upstream loop, then update the pins)."""
+    import hashlib
+    import importlib
+    import inspect
+
+    import pynetdicom
+
+    from dicom_node.inbound import tuning
+
+    assert pynetdicom.__version__ == tuning.UPSTREAM_VERSION, (
+        f"pynetdicom {pynetdicom.__version__} is not the version inbound/tuning.py was checked against"
+    )
+    for qualname, digest in tuning.UPSTREAM_SOURCE_SHA256.items():
+        module_name, cls_name, func_name = qualname.rsplit(".", 2)
+        func = getattr(getattr(importlib.import_module(module_name), cls_name), func_name)
+        assert hashlib.sha256(inspect.getsource(func).encode()).hexdigest() == digest, qualname
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+def test_acceptor_pause_handshake_and_no_standard_log_handlers(tmp_path: Path, tuned: bool) -> None:
+    """pynetdicom's acceptor-side send_*() and release pause the reactor and wait for `_is_paused`: the
+    tuned loop must answer that handshake (it once never did, so such a pause spun forever). And the
+    per-PDU standard log handlers are not bound to any association (LOG_HANDLER_LEVEL)."""
+    from pynetdicom import _handlers, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from dicom_node.config import NodeConfig
+    from dicom_node.inbound.scp import StorageSCP
+    from dicom_node.inbound.spool import Spool
+    from dicom_node.inbound.tuning import PromptAcceptor
+
+    port = free_port()
+    scp = StorageSCP(NodeConfig(host="127.0.0.1", port=port, scp_tuning=tuned), Spool(tmp_path), lambda _e: None)
+    scp.start()
+    try:
+        ae = AE(ae_title="PAUSER")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        assert scp._server is not None
+        (acceptor,) = scp._server.active_associations
+        assert isinstance(acceptor, PromptAcceptor) is tuned
+        acceptor._reactor_checkpoint.clear()
+        deadline = time.monotonic() + 2.0
+        while not acceptor._is_paused and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert acceptor._is_paused, "the acceptor reactor never reported itself paused"
+        acceptor._reactor_checkpoint.set()
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        bound = [handler for handler, _args in acceptor.get_handlers(evt.EVT_PDU_RECV)]
+        assert _handlers.standard_pdu_recv_handler not in bound
+        assoc.release()
+    finally:
+        scp.stop()

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from dicom_node.config import ResultsConfig, load_settings
-from dicom_node.results import FILE_NAMES, KINDS, encode_results, output_uids, write_results
+from dicom_node.results import FILE_NAMES, KINDS, encode_results, output_uids, save_objects
 from dicom_node.results.provenance import PROJECT_NAME, ST_MAX_CHARS
 from editor.instructions import parse_instruction
 from editor.types import EditParams, EditResult
@@ -77,7 +77,7 @@ def result(source: pydicom.Dataset) -> EditResult:
 @pytest.fixture(scope="module")
 def written(source: pydicom.Dataset, result: EditResult, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     datasets = encode_results(source, result, job_key="job-key-1")
-    return write_results(datasets, tmp_path_factory.mktemp("results"))
+    return save_objects(datasets, tmp_path_factory.mktemp("results"))
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +334,7 @@ def test_signed_source_with_real_geometry(tmp_path: Path) -> None:
 
     source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     result = _small_result(source)
-    paths = write_results(encode_results(source, result, job_key="ct"), tmp_path)
+    paths = save_objects(encode_results(source, result, job_key="ct"), tmp_path)
     for kind, path in paths.items():
         errors, _warnings, text = dciodvfy_report(path)
         assert errors == [], f"{kind}:\n{text}"
@@ -355,7 +355,7 @@ def test_empty_mask_still_encodes(source: pydicom.Dataset, tmp_path: Path) -> No
     result = synthetic_result(source)
     result.mask = np.zeros_like(result.mask)
     result.finding_masks = {name: np.zeros_like(m) for name, m in result.finding_masks.items()}
-    paths = write_results(encode_results(source, result, job_key="empty"), tmp_path)
+    paths = save_objects(encode_results(source, result, job_key="empty"), tmp_path)
     errors, _warnings, text = dciodvfy_report(paths["seg"])
     assert errors == [], text
     seg = hd.seg.segread(paths["seg"])

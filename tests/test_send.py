@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from dicom_node.config import Destination, load_settings
-from dicom_node.results import encode_results, write_results
+from dicom_node.results import encode_results, save_objects
 from dicom_node.send import SendError, get_sender, resolve_destination
 from tests.conftest import free_port
 from tests.support.orthanc import Orthanc, orthanc  # noqa: F401  (fixture)
@@ -21,7 +21,7 @@ from tests.test_results import synthetic_result
 def objects(chest_cr_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     source = pydicom.dcmread(chest_cr_path)
     datasets = encode_results(source, synthetic_result(source), job_key="send-tests")
-    return write_results(datasets, tmp_path_factory.mktemp("objects"))
+    return save_objects(datasets, tmp_path_factory.mktemp("objects"))
 
 
 def _study_uid(objects: dict[str, Path]) -> str:
@@ -107,8 +107,10 @@ def _pipeline_job(
     from dicom_node.jobs.pipeline import job_results_dir
 
     ctx = build_context(load_settings(None, paths={"var_dir": str(tmp_path / "var")}, **settings))
-    job, _ = ctx.store.create_job(
-        idempotency_key="send-tests", study_instance_uid="1.2.3", sop_instance_uid="1.2.3.4",
+    from tests.support.jobs import create_job
+
+    job = create_job(
+        ctx, idempotency_key="send-tests", study_instance_uid="1.2.3", sop_instance_uid="1.2.3.4",
         source_path=str(chest_cr_path), instruction="Add the finding of pleural effusion.",
         state="queued",
     )

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node import spool as spool_mod
-from dicom_node.receive import UndecodableDataset, peek_identifiers
-from dicom_node.spool import Spool, StoreStatus, safe_name
+from dicom_node.inbound import spool as spool_mod
+from dicom_node.inbound.encoding import UndecodableDataset, peek_identifiers
+from dicom_node.inbound.spool import Spool, StoreStatus, safe_name
 from tests.support.dicom_files import dataset_bytes
 
 

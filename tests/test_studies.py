@@ -13,9 +13,12 @@ from pydicom.data import get_testdata_file
 
 from dicom_node.config import Rule, load_settings
 from dicom_node.context import build_context
-from dicom_node.edit_requests import write_private_block
-from dicom_node.spool import Spool
-from dicom_node.studies import INVALID_REQUEST, StudyTracker, create_jobs_for_study, study_record
+from dicom_node.inbound.events import AssociationEnded, InstanceReceived
+from dicom_node.inbound.spool import Spool
+from dicom_node.studies.intake import create_jobs_for_study
+from dicom_node.studies.records import INVALID_REQUEST, study_record
+from dicom_node.studies.requests import write_private_block
+from dicom_node.studies.tracker import StudyTracker
 from tests.support.dicom_files import dcmtk_env, renumbered_copy, store_statuses, storescu
 from tests.support.node import run_node
 
@@ -57,14 +60,15 @@ def _spool_copy(ctx, src: Path, dst_dir: Path, **attrs) -> pydicom.Dataset:
 def test_tracker_completes_only_after_release_and_quiet_period(tmp_path, tiny_model_dir):
     ctx = _ctx(tmp_path, tiny_model_dir)
     tracker = StudyTracker(ctx, quiet_seconds=0.3)
-    tracker.instance_received("1.2.3", "1.2.3.4", "/x", "SCU", "X2X", "assoc-1")
+    tracker.handle(InstanceReceived("1.2.3", "1.2.3.9", "1.2.3.4", "/x", "SCU", "X2X", "assoc-1", False))
     time.sleep(0.4)
     assert tracker.due() == []  # association still open
-    tracker.association_released("assoc-1")
+    tracker.handle(AssociationEnded("assoc-1", "SCU", "X2X", "released"))
     assert tracker.due() == []  # quiet period runs from the release
     time.sleep(0.35)
     assert tracker.due() == ["1.2.3"]
-    tracker.instance_received("1.2.3", "1.2.3.5", "/y", "SCU", "X2X", None)
+    tracker.handle(InstanceReceived("1.2.3", "1.2.3.9", "1.2.3.5", "/y", "SCU", "X2X", "assoc-2", False))
+    tracker.handle(AssociationEnded("assoc-2", "SCU", "X2X", "released"))
     assert tracker.due() == []  # a new instance restarts the quiet period
 
 
@@ -109,7 +113,7 @@ def test_invalid_instruction_recorded_nothing_edited(tmp_path, tiny_model_dir, c
     spooled = _spool_copy(ctx, src, tmp_path / "in")
     out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
     assert out.created_jobs == [] and out.state == INVALID_REQUEST
-    rec = study_record(ctx, spooled.StudyInstanceUID)
+    rec = study_record(ctx.db, spooled.StudyInstanceUID)
     assert rec is not None and rec.state == INVALID_REQUEST
     assert "efusion" in (rec.request_error or "")
     assert ctx.store.list() == []

@@ -10,8 +10,14 @@ import html
 import json
 from typing import Any
 
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
+
+from dicom_node.api.deps import get_ctx
 from dicom_node.api.views import job_view
 from dicom_node.context import NodeContext
+
+router = APIRouter()
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:16px;background:#f6f7f9;color:#222}
@@ -111,3 +117,9 @@ def render_dashboard(ctx: NodeContext, limit: int = 50) -> str:
 <tbody id="rows">{rows}</tbody></table>
 <script>const INITIAL={json.dumps(len(jobs))};{_SCRIPT}</script>
 </body></html>"""
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/dashboard", response_class=HTMLResponse, tags=["dashboard"])
+def dashboard(ctx: NodeContext = Depends(get_ctx)) -> HTMLResponse:
+    return HTMLResponse(render_dashboard(ctx))

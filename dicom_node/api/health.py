@@ -1,4 +1,5 @@
-"""Readiness checks: spool writable, database reachable, broker reachable, model loadable or loaded."""
+"""`/healthz` (the process answers) and `/readyz` (spool writable, database reachable, broker reachable,
+model loadable or loaded)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import os
 import uuid
 from typing import Any
 
+from fastapi import APIRouter, Depends, Response
 from sqlalchemy import text
 
+from dicom_node.api.deps import get_ctx
 from dicom_node.context import NodeContext
+from dicom_node.jobs.queue import broker_reachable
+
+router = APIRouter(tags=["health"])
 
 
 def _check_spool(ctx: NodeContext) -> dict[str, Any]:
@@ -32,16 +38,14 @@ def _check_spool(ctx: NodeContext) -> dict[str, Any]:
 
 def _check_db(ctx: NodeContext) -> dict[str, Any]:
     try:
-        with ctx.store.engine.connect() as conn:
+        with ctx.db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        return {"ok": True, "detail": ctx.store.engine.url.render_as_string(hide_password=True)}
+        return {"ok": True, "detail": ctx.db.engine.url.render_as_string(hide_password=True)}
     except Exception as exc:
         return {"ok": False, "detail": f"database unreachable: {type(exc).__name__}"}
 
 
 def _check_broker(ctx: NodeContext) -> dict[str, Any]:
-    from dicom_node.jobs.queue import broker_reachable
-
     ok, detail = broker_reachable(ctx)
     return {"ok": ok, "detail": "reachable" if ok else f"broker unreachable: {detail}"}
 
@@ -66,3 +70,16 @@ def readiness(ctx: NodeContext) -> dict[str, dict[str, Any]]:
         "broker": _check_broker(ctx),
         "model": _check_model(ctx),
     }
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(response: Response, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+    checks = readiness(ctx)
+    ready = all(c["ok"] for c in checks.values())
+    response.status_code = 200 if ready else 503
+    return {"ready": ready, "checks": checks}

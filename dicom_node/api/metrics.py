@@ -8,17 +8,23 @@ scrapes, so the numbers are right however many workers run, on whichever machine
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
+import dicom_node.metrics  # noqa: F401  (the process counters register on the default registry)
+from dicom_node.api.deps import get_ctx
 from dicom_node.context import NodeContext
-from dicom_node.jobs.store import DONE, FAILED, QUEUED, RECEIVED, Job
+from dicom_node.db.tables import Job
+from dicom_node.jobs.states import JobState
+
+router = APIRouter(tags=["health"])
 
 EDIT_SECONDS_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -44,13 +50,14 @@ class JobStoreCollector(Collector):
         for state, n in sorted(by_state.items()):
             jobs.add_metric([state], n)
         yield jobs
-        depth = by_state.get(QUEUED, 0) + by_state.get(RECEIVED, 0)
+        depth = by_state.get(JobState.QUEUED.value, 0) + by_state.get(JobState.RECEIVED.value, 0)
         yield GaugeMetricFamily("x2x_queue_depth", "Jobs waiting for a worker (received + queued)", value=depth)
         yield GaugeMetricFamily(
-            "x2x_jobs_awaiting_retry", "Failed jobs waiting for their next attempt", value=by_state.get(FAILED, 0)
+            "x2x_jobs_awaiting_retry", "Failed jobs waiting for their next attempt",
+            value=by_state.get(JobState.FAILED.value, 0),
         )
-        with store.session() as s:
-            rows = s.execute(select(Job.timings, Job.result).where(Job.state == DONE)).all()
+        with store.db.session() as s:
+            rows = s.execute(select(Job.timings, Job.result).where(Job.state == JobState.DONE.value)).all()
         values = [v for t, r in rows if (v := edit_seconds(t, r)) is not None]
         buckets: list[tuple[str, float]] = []
         for bound in EDIT_SECONDS_BUCKETS:
@@ -63,9 +70,11 @@ class JobStoreCollector(Collector):
 
 def render_metrics(ctx: NodeContext) -> bytes:
     """Process counters (default registry) followed by the job-store metrics."""
-    # the counters module belongs to the inbound/outbound stages; importing it registers them
-    with contextlib.suppress(ImportError):
-        import dicom_node.metrics  # noqa: F401
     local = CollectorRegistry(auto_describe=False)
     local.register(JobStoreCollector(ctx))
     return generate_latest(REGISTRY) + generate_latest(local)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(ctx: NodeContext = Depends(get_ctx)) -> Response:
+    return Response(render_metrics(ctx), media_type=CONTENT_TYPE_LATEST)

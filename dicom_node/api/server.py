@@ -5,21 +5,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
+import uvicorn
+
+from dicom_node.api.app import create_app
 from dicom_node.context import NodeContext
+from dicom_node.inbound.events import EventSink
 
 log = logging.getLogger("x2x.api.server")
 
 
 class ApiServer:
-    def __init__(self, ctx: NodeContext, *, tracker: Any | None = None):
-        import uvicorn
-
-        from dicom_node.api.app import create_app
-
+    def __init__(self, ctx: NodeContext, *, sink: EventSink | None = None):
         s = ctx.settings.api
-        self.app = create_app(ctx, tracker=tracker)
+        self.app = create_app(ctx, sink=sink)
         config = uvicorn.Config(
             self.app, host=s.host, port=s.port, log_config=None,  # keep the node's logging (JSON option)
             access_log=False, lifespan="off", timeout_graceful_shutdown=10,

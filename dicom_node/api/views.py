@@ -1,4 +1,4 @@
-"""What the API shows of a job, and what a client sends to ask for one (shared by the API modules)."""
+"""What the API shows of a job, and what a client sends to ask for one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from dicom_node.jobs.store import Job
+from dicom_node.db.tables import Job
 
 PREVIEW_KINDS = ("source", "counterfactual", "overlay")
 
@@ -17,8 +17,15 @@ class JobRequest(BaseModel):
     study_instance_uid: str = Field(..., description="Study Instance UID of a study in the spool")
     instruction: str = Field(..., examples=["Add the finding of pleural effusion."])
     seed: int | None = None
-    steps: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, description="DDIM steps (default: [edit] steps)")
+    params: dict[str, Any] | None = Field(
+        None, description="other edit parameters (editor.EditParams fields, e.g. {\"tau\": 0.2}); "
+        "default: the node's [edit] section",
+    )
     destination: str | None = Field(None, description="destination name from the config; default: rules")
+
+    def param_overrides(self) -> dict[str, Any]:
+        return dict(self.params or {}) | ({"steps": self.steps} if self.steps is not None else {})
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dicom_node.context import NodeContext
-from dicom_node.jobs.store import CANCELLED, DEAD_LETTER, DONE, FAILED, QUEUED, STATES, Job, utcnow
-
-CANCELLABLE = tuple(st for st in STATES if st not in (DONE, CANCELLED))  # failed/dead-letter too
-RETRYABLE = (FAILED, DEAD_LETTER, CANCELLED)
+from dicom_node.db.tables import Job
+from dicom_node.jobs.queue import send_task
+from dicom_node.jobs.states import TRANSITIONS, Action
 
 
 class JobActionError(Exception):
@@ -15,27 +14,22 @@ class JobActionError(Exception):
 
 def cancel_job(ctx: NodeContext, job_id: int) -> Job:
     """Cancel a job that has not finished. A job already being edited finishes its current stage but
-    the pipeline will not start the next one (it checks the state); its outputs are never sent twice."""
-    job, changed = ctx.store.transition_if(
-        job_id, CANCELLABLE, state=CANCELLED, finished_at=utcnow(), next_attempt_at=None
-    )
-    if job is None:
+    the pipeline will not start the next one (its next transition fails); nothing is sent twice."""
+    result = ctx.store.transition(job_id, Action.CANCEL, next_attempt_at=None)
+    if result.job is None:
         raise KeyError(job_id)
-    if not changed:
-        raise JobActionError(f"job {job_id} is {job.state}; nothing to cancel")
-    return job
+    if not result.changed:
+        raise JobActionError(f"job {job_id} is {result.job.state}; nothing to cancel")
+    return result.job
 
 
 def retry_job(ctx: NodeContext, job_id: int) -> Job:
     """Queue a failed, dead-lettered or cancelled job again (attempt counter reset)."""
-    from dicom_node.jobs import queue
-
-    job, changed = ctx.store.transition_if(
-        job_id, RETRYABLE, state=QUEUED, attempts=0, next_attempt_at=None, finished_at=None
-    )
-    if job is None:
+    result = ctx.store.transition(job_id, Action.RETRY, attempts=0, next_attempt_at=None, finished_at=None)
+    if result.job is None:
         raise KeyError(job_id)
-    if not changed:
-        raise JobActionError(f"job {job_id} is {job.state}; only failed, dead-letter or cancelled jobs are retried")
-    queue.send_task(ctx, job_id)
-    return job
+    if not result.changed:
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[Action.RETRY].allowed))
+        raise JobActionError(f"job {job_id} is {result.job.state}; only {allowed} jobs are retried")
+    send_task(ctx, job_id)
+    return result.job

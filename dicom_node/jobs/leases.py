@@ -22,56 +22,20 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import DateTime, Integer, String, and_, delete, exists, or_, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy.orm import Session
 
-from dicom_node.jobs.store import (
-    DEAD_LETTER,
-    EDITING,
-    ENCODING,
-    FAILED,
-    QUEUED,
-    RECEIVED,
-    SENDING,
-    Base,
-    Job,
-    JobStore,
-    create_tables,
-    utcnow,
-)
+from dicom_node.db.tables import Job, JobLease, WorkerRecord, utcnow
+from dicom_node.jobs.states import IN_PROGRESS, Action, JobState
+from dicom_node.jobs.store import JobStore
 
 log = logging.getLogger("x2x.jobs.leases")
 
-IN_PROGRESS = (EDITING, ENCODING, SENDING)
-CLAIMABLE = (RECEIVED, QUEUED)
-
-
-class JobLease(Base):
-    __tablename__ = "job_leases"
-
-    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    worker_id: Mapped[str] = mapped_column(String(200))
-    hostname: Mapped[str] = mapped_column(String(200))
-    pid: Mapped[int] = mapped_column(Integer)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime)
-
-
-class WorkerRecord(Base):
-    """One row per worker process, refreshed by its sweeper: `x2x status` counts the live ones on any
-    broker (the embedded SQLite broker has no broadcast for Celery's ping)."""
-
-    __tablename__ = "workers"
-
-    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    hostname: Mapped[str] = mapped_column(String(200))
-    pid: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(20))  # embedded | worker
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
-    seen_at: Mapped[dt.datetime] = mapped_column(DateTime)
+IN_PROGRESS_STATES = tuple(sorted(s.value for s in IN_PROGRESS))
 
 
 def worker_seen(store: JobStore, me: WorkerIdentity, kind: str, started_at: dt.datetime) -> None:
-    with store.session() as s:
+    with store.db.session() as s:
         row = s.get(WorkerRecord, me.worker_id)
         if row is None:
             s.add(WorkerRecord(worker_id=me.worker_id, hostname=me.hostname, pid=me.pid, kind=kind,
@@ -81,13 +45,13 @@ def worker_seen(store: JobStore, me: WorkerIdentity, kind: str, started_at: dt.d
 
 
 def worker_gone(store: JobStore, me: WorkerIdentity) -> None:
-    with store.session() as s:
+    with store.db.session() as s:
         s.execute(delete(WorkerRecord).where(WorkerRecord.worker_id == me.worker_id))
 
 
 def live_workers(store: JobStore, within_seconds: float) -> list[WorkerRecord]:
     cutoff = utcnow() - dt.timedelta(seconds=within_seconds)
-    with store.session() as s:
+    with store.db.session() as s:
         return list(s.scalars(select(WorkerRecord).where(WorkerRecord.seen_at >= cutoff)))
 
 
@@ -105,32 +69,21 @@ class WorkerIdentity:
         return cls(socket.gethostname(), os.getpid())
 
 
-def ensure_tables(store: JobStore) -> None:
-    create_tables(store.engine, [JobLease.__table__, WorkerRecord.__table__])
-
-
 def claim(store: JobStore, job_id: int, me: WorkerIdentity) -> bool:
     """Atomically move a claimable job to 'editing' and take its lease; False if someone else has it."""
-    now = utcnow()
-    with store.session() as s:
-        # an early duplicate of a delayed retry must not start it before its time (1 s clock slack)
-        due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now + dt.timedelta(seconds=1))
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state.in_(CLAIMABLE), due)
-            .values(state=EDITING, started_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
+    # an early duplicate of a delayed retry must not start it before its time (1 s clock slack)
+    due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= utcnow() + dt.timedelta(seconds=1))
+
+    def take_lease(s: Session) -> None:  # in the claim's transaction: never a running job without a lease
         s.execute(delete(JobLease).where(JobLease.job_id == job_id))
         s.add(JobLease(job_id=job_id, worker_id=me.worker_id, hostname=me.hostname, pid=me.pid,
-                       heartbeat_at=now))
-    return True
+                       heartbeat_at=utcnow()))
+
+    return store.transition(job_id, Action.CLAIM, where=[due], also=take_lease).changed
 
 
 def renew(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
-    with store.session() as s:
+    with store.db.session() as s:
         s.execute(
             update(JobLease)
             .where(JobLease.job_id == job_id, JobLease.worker_id == me.worker_id)
@@ -139,7 +92,7 @@ def renew(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
 
 
 def release(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
-    with store.session() as s:
+    with store.db.session() as s:
         s.execute(delete(JobLease).where(JobLease.job_id == job_id, JobLease.worker_id == me.worker_id))
 
 
@@ -185,11 +138,11 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
     overdue_before = now - dt.timedelta(seconds=requeue_queued_after)
     me = WorkerIdentity.current()
     out: list[int] = []
-    with store.session() as s:
+    with store.db.session() as s:
         rows = s.execute(
             select(Job.id, JobLease.hostname, JobLease.pid, JobLease.heartbeat_at)
             .outerjoin(JobLease, JobLease.job_id == Job.id)
-            .where(Job.state.in_(IN_PROGRESS))
+            .where(Job.state.in_(IN_PROGRESS_STATES))
         ).all()
         for job_id, host, pid, beat in rows:
             stale = beat is None or beat < stale_before
@@ -199,10 +152,11 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
         overdue = s.scalars(
             select(Job.id).where(
                 or_(
-                    and_(Job.state.in_((QUEUED, RECEIVED)), Job.updated_at < overdue_before,
+                    and_(Job.state.in_((JobState.QUEUED.value, JobState.RECEIVED.value)),
+                         Job.updated_at < overdue_before,
                          or_(Job.next_attempt_at.is_(None), Job.next_attempt_at < overdue_before)),
                     # a failed job waiting for its retry: its ETA message may have died with a worker
-                    and_(Job.state == FAILED, Job.next_attempt_at.is_not(None),
+                    and_(Job.state == JobState.FAILED.value, Job.next_attempt_at.is_not(None),
                          Job.next_attempt_at < overdue_before),
                 )
             )
@@ -214,44 +168,19 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
 def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -> bool:
     """Put an orphaned in-progress job back to 'queued' (one conditional UPDATE, so a live worker that
     renewed its lease in the meantime keeps the job). Returns True if this call requeued it."""
-    now = utcnow()
-    stale_before = now - dt.timedelta(seconds=lease_seconds)
+    stale_before = utcnow() - dt.timedelta(seconds=lease_seconds)
     me = WorkerIdentity.current()
-    with store.session() as s:
+    with store.db.session() as s:
         lease = s.get(JobLease, job_id)
         dead_local = (
             lease is not None and lease.hostname == me.hostname and lease.pid != me.pid
             and not _pid_alive(lease.pid)
         )
-        live_lease = exists().where(JobLease.job_id == job_id, JobLease.heartbeat_at >= stale_before)
-        cond = [Job.id == job_id, Job.state.in_(IN_PROGRESS)]
-        if not dead_local:
-            cond.append(~live_lease)
-        result = s.execute(
-            update(Job).where(*cond).values(state=QUEUED, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
+    live_lease = exists().where(JobLease.job_id == job_id, JobLease.heartbeat_at >= stale_before)
+
+    def drop_lease(s: Session) -> None:
         s.execute(delete(JobLease).where(JobLease.job_id == job_id))
-    return True
 
-
-__all__ = [
-    "CLAIMABLE",
-    "DEAD_LETTER",
-    "IN_PROGRESS",
-    "Heartbeat",
-    "JobLease",
-    "WorkerIdentity",
-    "WorkerRecord",
-    "live_workers",
-    "worker_gone",
-    "worker_seen",
-    "claim",
-    "ensure_tables",
-    "recoverable_jobs",
-    "release",
-    "renew",
-    "requeue_in_progress",
-]
+    return store.transition(
+        job_id, Action.REQUEUE, where=[] if dead_local else [~live_lease], also=drop_lease
+    ).changed

@@ -1,4 +1,8 @@
-"""Putting a job on the Celery queue (the body of `dispatch.enqueue`) and reading the queue's state."""
+"""Putting a job on the Celery queue, and reading the queue's state.
+
+Tasks are sent by name ("x2x.run_job"), so queueing never imports the task module (and the worker code
+behind it): jobs/tasks.py imports this module, not the other way round.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +10,36 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import update
-
 from dicom_node.context import NodeContext
+from dicom_node.db.tables import utcnow
 from dicom_node.jobs.celery_app import celery_app, ensure_configured
-from dicom_node.jobs.store import DEAD_LETTER, FAILED, QUEUED, RECEIVED, Job, utcnow
+from dicom_node.jobs.states import Action
 
 log = logging.getLogger("x2x.jobs.queue")
 
-# States from which a job may be (re)queued. In-progress jobs are left to their worker (or to the
-# sweep once that worker is gone); done/cancelled are final.
-ENQUEUEABLE = (RECEIVED, QUEUED, FAILED, DEAD_LETTER)
-
-
-def mark_queued(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> bool:
-    now = utcnow()
-    due = now + dt.timedelta(seconds=countdown) if countdown > 0 else None
-    with ctx.store.session() as s:
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state.in_(ENQUEUEABLE))
-            .values(state=QUEUED, next_attempt_at=due, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+RUN_JOB_TASK = "x2x.run_job"
 
 
 def send_task(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> None:
+    """One Celery message "run job N" (a duplicate is harmless: a job is claimed atomically)."""
     ensure_configured(ctx.settings)
-    from dicom_node.jobs.tasks import run_job_task
-
-    run_job_task.apply_async(
-        (job_id,), countdown=countdown if countdown > 0 else None, queue=ctx.settings.queue.queue_name
+    celery_app.send_task(
+        RUN_JOB_TASK, args=(job_id,), countdown=countdown if countdown > 0 else None,
+        queue=ctx.settings.queue.queue_name,
     )
 
 
-def enqueue_with_celery(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> None:
-    """Mark the job queued (with its due time) and send one Celery task for it."""
-    if not mark_queued(ctx, job_id, countdown):
-        job = ctx.store.get(job_id)
-        log.info("job %s not enqueued: state %s", job_id, job.state if job else "missing")
-        return
+def enqueue(ctx: NodeContext, job_id: int, countdown: float = 0.0) -> bool:
+    """Mark the job queued (due after `countdown` seconds) and send one task for it. False (and nothing
+    sent) when the job's state does not allow queueing (running, done, dead-lettered, cancelled)."""
+    due = utcnow() + dt.timedelta(seconds=countdown) if countdown > 0 else None
+    result = ctx.store.transition(job_id, Action.QUEUE, next_attempt_at=due)
+    if not result.changed:
+        log.info("job %s not enqueued: state %s", job_id, result.state or "missing")
+        return False
     send_task(ctx, job_id, countdown)
     log.info("job %s queued%s", job_id, f" (in {countdown:.1f} s)" if countdown > 0 else "")
+    return True
 
 
 def broker_reachable(ctx: NodeContext, timeout: float = 3.0) -> tuple[bool, str]:

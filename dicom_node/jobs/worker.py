@@ -8,14 +8,17 @@ import threading
 from typing import Any
 
 from dicom_node.context import NodeContext
+from dicom_node.jobs import tasks
 from dicom_node.jobs.celery_app import celery_app, configure_celery
+from dicom_node.jobs.sweeper import Sweeper
 
 log = logging.getLogger("x2x.jobs.worker")
 
+_embedded: EmbeddedWorker | None = None
+_embedded_lock = threading.Lock()
+
 
 def _prepare(ctx: NodeContext) -> None:
-    from dicom_node.jobs import tasks
-
     configure_celery(ctx.settings)
     tasks.set_worker_context(ctx)
     celery_app.finalize()
@@ -28,8 +31,6 @@ class EmbeddedWorker:
 
     def __init__(self, ctx: NodeContext, hostname: str | None = None):
         from celery.worker import WorkController
-
-        from dicom_node.jobs.tasks import Sweeper
 
         _prepare(ctx)
         self._ready = threading.Event()
@@ -67,12 +68,26 @@ class EmbeddedWorker:
         self._thread.join(timeout)
 
 
+def start_embedded_worker(ctx: NodeContext) -> None:
+    """Start the embedded Celery worker (solo pool, daemon thread) and the job sweeper, once."""
+    global _embedded
+    with _embedded_lock:
+        if _embedded is None:
+            _embedded = EmbeddedWorker(ctx).start()
+
+
+def stop_embedded_worker(timeout: float = 30.0) -> None:
+    global _embedded
+    with _embedded_lock:
+        worker, _embedded = _embedded, None
+    if worker is not None:
+        worker.stop(timeout)
+
+
 def run_worker(
     ctx: NodeContext, *, concurrency: int = 1, pool: str = "solo", hostname: str | None = None
 ) -> None:
     """Run a Celery worker in this process until it is told to stop (SIGTERM/SIGINT: warm shutdown)."""
-    from dicom_node.jobs.tasks import Sweeper
-
     _prepare(ctx)
     _route_celery_console_messages()
     sweeper = Sweeper(ctx, kind="worker").start()

@@ -8,6 +8,8 @@ import logging
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
+from editor import FINDINGS
+
 log = logging.getLogger("x2x.results")
 
 # Segmented Property Category (CID 7150): every X2X segment is a (simulated) finding.
@@ -21,11 +23,6 @@ UNITLESS = CodedConcept("1", "UCUM", "no units")
 
 def finding_code(name: str) -> CodedConcept:
     """SNOMED CT concept for a canonical finding name, from editor.vocabulary.FINDINGS."""
-    try:
-        from editor.vocabulary import FINDINGS
-    except ImportError:  # the vocabulary module is part of the editor; absent only in a broken install
-        log.warning("editor.vocabulary is not importable; coding %r as a generic clinical finding", name)
-        return GENERIC_FINDING
     info = FINDINGS.get(name.strip().lower())
     if info is None or not info.snomed_code:
         log.warning("finding %r has no SNOMED CT code in the vocabulary; using 'Clinical finding'", name)

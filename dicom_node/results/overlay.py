@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.results.display import display_image
 from dicom_node.results.provenance import mark_synthetic
 from dicom_node.results.sc import synthetic_sc
-from editor.types import EditResult
+from editor import DisplayMapping, EditResult, source_from_dataset
 
 MAX_OPACITY = 0.6
 
@@ -24,9 +23,11 @@ def overlay_rgb(grey01: np.ndarray, guidance: np.ndarray) -> np.ndarray:
 
 
 def source_display(source: Dataset, result: EditResult) -> np.ndarray:
+    """The source as the editor displayed it (grey [0, 1], bone bright): the editor's own display mapping."""
     if result.source_display is not None and result.source_display.shape == result.guidance.shape:
         return np.asarray(result.source_display, dtype=np.float32)
-    return display_image(source, source.pixel_array)
+    image = source_from_dataset(source)
+    return DisplayMapping.from_source(image).to_display(image.pixels)
 
 
 def overlay_sc(

@@ -20,7 +20,7 @@ from dicom_node.results.provenance import (
     mark_synthetic,
     truncate,
 )
-from editor.types import EditResult
+from editor import EditResult
 
 
 def parametric_map(

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
-from editor.types import EditResult
+from editor import EditResult
 
 PROJECT_NAME = "InstructX2X DICOM node project"
 ALGORITHM_NAME = "InstructX2X"

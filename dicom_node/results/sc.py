@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.geometry import metadata_copy, orientation_labels
 from dicom_node.results.provenance import PROJECT_NAME, contributing_equipment, mark_synthetic
-from editor.types import EditResult
+from editor import EditResult
 
 # Attributes of the Modality LUT and VOI LUT modules carried over so the SC displays like the source.
 _LUT_KEYWORDS = (

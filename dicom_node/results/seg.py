@@ -21,7 +21,7 @@ from dicom_node.results.provenance import (
     mark_synthetic,
     truncate,
 )
-from editor.types import EditResult
+from editor import EditResult
 
 FRACTIONAL_MAX = 255
 

@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): one module per resource, assembled by app.create_app."""

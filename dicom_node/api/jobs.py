@@ -1,0 +1,174 @@
+"""`/jobs`: list and show jobs, ask for edits (of a spooled study, or of uploaded files), retry, cancel,
+previews. Mutating routes need the bearer token."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pydicom
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+
+from dicom_node.api.auth import require_token
+from dicom_node.api.deps import get_ctx
+from dicom_node.api.views import PREVIEW_KINDS, JobRequest, job_view
+from dicom_node.context import NodeContext
+from dicom_node.db.tables import Job
+from dicom_node.edit_params import InvalidEditParams, resolve_params
+from dicom_node.inbound.events import API
+from dicom_node.inbound.http import new_association_id, spool_instance
+from dicom_node.inbound.spool import Spool
+from dicom_node.jobs.admin import JobActionError, cancel_job, retry_job
+from dicom_node.jobs.states import STATES
+from dicom_node.studies.intake import ExplicitRequest, create_jobs_for_study
+from dicom_node.studies.records import StudyOutcome
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _job_or_404(ctx: NodeContext, job_id: int) -> Job:
+    job = ctx.store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return job
+
+
+@router.get("")
+def list_jobs(
+    state: list[str] | None = Query(None, description="one or more states"),
+    study: str | None = Query(None, description="Study Instance UID"),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    ctx: NodeContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    bad = [s for s in state or [] if s not in STATES]
+    if bad:
+        raise HTTPException(422, f"unknown state(s) {bad}; known: {list(STATES)}")
+    jobs = ctx.store.list(state=state or None, study_instance_uid=study, limit=limit, offset=offset)
+    return {"jobs": [job_view(j) for j in jobs], "counts": ctx.store.count_by_state()}
+
+
+@router.get("/{job_id}")
+def show_job(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+    return job_view(_job_or_404(ctx, job_id))
+
+
+def _explicit(ctx: NodeContext, req: JobRequest) -> ExplicitRequest:
+    if req.destination is not None and req.destination not in ctx.settings.destinations:
+        raise HTTPException(422, f"destination {req.destination!r} is not defined in [destinations]")
+    overrides = req.param_overrides()
+    try:
+        resolve_params(ctx.settings, overrides)
+    except InvalidEditParams as exc:
+        raise HTTPException(422, f"invalid edit parameters: {exc}") from exc
+    return ExplicitRequest(req.instruction, req.seed, req.destination, overrides)
+
+
+def _outcome_view(ctx: NodeContext, outcome: StudyOutcome) -> dict[str, Any]:
+    if outcome.error and not (outcome.created_jobs or outcome.existing_jobs):
+        raise HTTPException(422, outcome.error)
+    ids = list(outcome.created_jobs) + list(outcome.existing_jobs)
+    if not ids:
+        reasons = "; ".join(f"{sop}: {why}" for sop, why in outcome.skipped) or "no instances"
+        raise HTTPException(422, f"no eligible instance in study {outcome.study_uid}: {reasons}")
+    jobs = [job_view(j) for i in ids if (j := ctx.store.get(i)) is not None]
+    return {
+        "study_instance_uid": outcome.study_uid,
+        "state": outcome.state,
+        "created": list(outcome.created_jobs),
+        "existing": list(outcome.existing_jobs),
+        "skipped": [{"sop_instance_uid": sop, "reason": why} for sop, why in outcome.skipped],
+        "jobs": jobs,
+    }
+
+
+def submit_for_study(ctx: NodeContext, req: JobRequest) -> dict[str, Any]:
+    """An edit of a study already in the spool."""
+    if not Spool(ctx.settings.spool_dir).instances(req.study_instance_uid):
+        raise HTTPException(404, f"study {req.study_instance_uid} is not in the spool")
+    explicit = _explicit(ctx, req)
+    outcome = create_jobs_for_study(ctx, req.study_instance_uid, origin=API, explicit=explicit)
+    return _outcome_view(ctx, outcome)
+
+
+def submit_upload(ctx: NodeContext, uploads: list[bytes], req: JobRequest) -> dict[str, Any]:
+    """DICOM files in the request: spool them, then create jobs for their studies with this request."""
+    explicit = _explicit(ctx, req)
+    spool = Spool(ctx.settings.spool_dir)
+    studies: set[str] = set()
+    association = new_association_id()
+    for index, raw in enumerate(uploads):
+        try:
+            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+            study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        except Exception as exc:
+            raise HTTPException(422, f"file part {index} is not a DICOM Part 10 object ({type(exc).__name__})") from exc
+        try:
+            spool_instance(spool, raw, study_uid=study, series_uid=series, sop_uid=sop, association_id=association,
+                           called_ae=ctx.settings.node.ae_title, origin=API, sink=None)
+        except OSError as exc:
+            raise HTTPException(507, f"spool write failed: {exc}") from exc
+        studies.add(study)
+    results = [_outcome_view(ctx, create_jobs_for_study(ctx, study, origin=API, explicit=explicit))
+               for study in sorted(studies)]
+    if len(results) == 1:
+        return results[0]
+    return {"studies": results, "jobs": [j for r in results for j in r["jobs"]]}
+
+
+@router.post("", status_code=201, dependencies=[Depends(require_token)])
+async def submit_job(request: Request, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+    """JSON `JobRequest` for a study in the spool, or `multipart/form-data` with one or more DICOM
+    `file` parts plus `instruction` (and optional `seed`, `steps`, `params` (JSON), `destination`) fields."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+        uploads = [await f.read() for f in form.getlist("file") if not isinstance(f, str)]
+        if not uploads:
+            raise HTTPException(422, "multipart upload needs at least one 'file' part")
+        try:
+            if "params" in fields:
+                fields["params"] = json.loads(fields["params"])
+            req = JobRequest.model_validate({"study_instance_uid": "-", **fields})
+        except (ValidationError, ValueError) as exc:
+            raise HTTPException(422, f"invalid job request: {exc}") from exc
+        return await run_in_threadpool(submit_upload, ctx, uploads, req)
+    try:
+        req = JobRequest.model_validate(await request.json())
+    except (ValidationError, ValueError) as exc:
+        raise HTTPException(422, f"invalid job request: {exc}") from exc
+    return await run_in_threadpool(submit_for_study, ctx, req)
+
+
+@router.post("/{job_id}/retry", dependencies=[Depends(require_token)])
+def retry(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+    _job_or_404(ctx, job_id)
+    try:
+        return job_view(retry_job(ctx, job_id))
+    except JobActionError as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.delete("/{job_id}", dependencies=[Depends(require_token)])
+def cancel(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+    _job_or_404(ctx, job_id)
+    try:
+        return job_view(cancel_job(ctx, job_id))
+    except JobActionError as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.get("/{job_id}/previews/{kind}.png", response_class=FileResponse)
+def preview(job_id: int, kind: str, ctx: NodeContext = Depends(get_ctx)) -> FileResponse:
+    """PNG previews written by the pipeline (counterfactual and overlay are SYNTHETIC)."""
+    if kind not in PREVIEW_KINDS:
+        raise HTTPException(404, f"no preview kind {kind!r}")
+    path = ctx.settings.results_dir / str(job_id) / f"{kind}.png"
+    if not path.is_file():
+        raise HTTPException(404, "preview not written (yet)")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})

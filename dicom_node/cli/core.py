@@ -1,0 +1,107 @@
+"""`x2x version`, `x2x config show`, `x2x model init-tiny`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dicom_node.cli.apps import app, config_app, model_app, settings
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of this package and the libraries it stands on."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    out: dict[str, str | None] = {}
+    for dist in ("instructx2x-node", "pydicom", "pynetdicom", "highdicom", "torch", "diffusers", "transformers"):
+        try:
+            out[dist] = dist_version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    typer.echo(json.dumps(out, indent=2))
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (file + environment) as JSON; secrets are masked."""
+    typer.echo(json.dumps(settings().masked_dict(), indent=2, default=str))
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate the configuration; exit code 2 with a one-line error if it is invalid."""
+    settings()
+    typer.echo("config OK")
+
+
+@model_app.command("init-tiny")
+def model_init_tiny(
+    out_dir: Path = typer.Argument(..., help="Folder to write the diffusers model to."),
+    seed: int = typer.Option(0, help="Seed of the random weights (same seed, same bytes)."),
+) -> None:
+    """Write a tiny RANDOM-weight InstructPix2Pix model (a test fixture: its edits are meaningless)."""
+    from editor import init_tiny_model
+
+    path = init_tiny_model(out_dir, seed=seed)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    typer.echo(f"wrote tiny random fixture model to {path} ({size / 1e6:.1f} MB); NOT a medical model")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (every key, type, default) as Markdown."""
+    from dicom_node.cli.references import render_config_markdown
+
+    typer.echo(render_config_markdown())
+
+
+@model_app.command("info")
+def model_info(
+    path: Path = typer.Argument(None, help="Model folder or single file (default: the node's configured model)."),
+) -> None:
+    """Print a model's id, weights hash, resolution and kind (no model is built)."""
+    from dicom_node.context import resolve_model_path
+    from editor import ModelLoadError, describe_model
+
+    target = path or resolve_model_path(settings())
+    try:
+        info = describe_model(target)
+    except ModelLoadError as exc:
+        typer.echo(f"x2x: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps({"path": str(target), **info.__dict__}, indent=2))
+
+
+@model_app.command("convert")
+def model_convert(
+    checkpoint: Path = typer.Argument(..., exists=True, help="Original-format .ckpt / .safetensors file."),
+    out_dir: Path = typer.Argument(..., help="Diffusers folder to write."),
+    config: Path = typer.Option(
+        ..., "--config", exists=True, file_okay=False,
+        help="Local diffusers config folder of the SD1.5 InstructPix2Pix layout (see docs/models.md).",
+    ),
+) -> None:
+    """Convert a single-file InstructPix2Pix checkpoint once into a diffusers folder (offline)."""
+    from editor.model import ModelLoadError, load_model, save_model_folder
+
+    try:
+        loaded = load_model(checkpoint, device="cpu", dtype="float32", single_file_config=config)
+    except ModelLoadError as exc:
+        typer.echo(f"x2x: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    save_model_folder(loaded, out_dir)
+    typer.echo(f"wrote {out_dir} (model id {loaded.model_id}, source weights sha256 {loaded.weights_hash[:16]}…)")
+
+
+@config_app.command("cli-reference")
+def cli_reference() -> None:
+    """Print the command-line reference (every command and option) as Markdown."""
+    import typer.main
+
+    from dicom_node.cli.references import render_cli_markdown
+
+    typer.echo(render_cli_markdown(typer.main.get_command(app)), nl=False)

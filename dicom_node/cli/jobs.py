@@ -1,0 +1,30 @@
+"""`x2x jobs retry ID`: queue a failed or dead-lettered job again (its attempt counter reset).
+
+The job keeps its idempotency key, so a retry reuses the objects already encoded on disk (no second
+edit) and their UIDs (the PACS de-duplicates anything it already holds).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from dicom_node.cli.apps import jobs_app, node_context
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int = typer.Argument(..., help="Job id (see `x2x jobs list`).")) -> None:
+    """Queue a failed, dead-lettered or cancelled job again; a running worker picks it up."""
+    from dicom_node.jobs.admin import JobActionError, retry_job
+
+    ctx = node_context()
+    job = ctx.store.get(job_id)
+    if job is None:
+        typer.echo(f"x2x jobs retry: no job {job_id}", err=True)
+        raise typer.Exit(code=1)
+    previous, last_error = job.state, job.last_error
+    try:
+        retry_job(ctx, job_id)  # atomic: only failed, dead-letter or cancelled jobs move back to queued
+    except JobActionError as exc:
+        typer.echo(f"x2x jobs retry: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"job {job_id} queued again (was {previous}; last error: {last_error or 'none'})")

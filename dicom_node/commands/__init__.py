@@ -1,1 +1,0 @@
-"""`x2x` subcommands, one module per area; each registers on the apps in `dicom_node.cli_apps`."""

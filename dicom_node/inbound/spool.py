@@ -1,0 +1,200 @@
+"""Durable spool: every received instance as a complete DICOM file, exactly the bytes that arrived.
+
+Layout: `<root>/<study uid>/<series uid>/<sop uid>.dcm`, plus one small `.origin-*.json` per study and
+(called AE, calling AE, origin) triple, so that a restart knows which called-AE rule applies to a study
+and whether it came over DIMSE or HTTP.
+
+A store is durable before it is acknowledged: write to a temp file in the target folder, fsync, rename
+atomically onto the final name, fsync the folder. Any OSError (disk full, I/O error) removes the temp
+file and reports `OUT_OF_RESOURCES`; no partial `.dcm` is ever visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("x2x.spool")
+
+_SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+TMP_SUFFIX = ".part"
+
+
+class StoreStatus(enum.Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already-stored"
+    OUT_OF_RESOURCES = "out-of-resources"
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: StoreStatus
+    path: Path
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not StoreStatus.OUT_OF_RESOURCES
+
+
+@dataclass(frozen=True)
+class SpooledStudy:
+    study_uid: str  # the folder name (the UID itself unless it was unsafe as a file name)
+    path: Path
+    instances: list[Path] = field(default_factory=list)
+    origins: list[dict[str, str | None]] = field(default_factory=list)  # {"called_ae", "calling_ae", "origin"}
+
+
+def safe_name(uid: str) -> str:
+    """The UID itself when it is a safe file name (real UIDs always are), else a stable hash."""
+    uid = uid.strip().rstrip("\0")
+    if _SAFE_NAME.match(uid) and uid not in (".", ".."):
+        return uid
+    return "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, root: Path, *, fsync: bool = True):
+        self.root = Path(root)
+        self.fsync = fsync  # False only for benchmarks: acknowledged instances may be lost in a crash
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+        self._known_origins: set[tuple[str, str | None, str | None, str]] = set()
+        self._lock = threading.Lock()
+
+    # paths -------------------------------------------------------------------------------
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / safe_name(study_uid)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.study_dir(study_uid) / safe_name(series_uid) / f"{safe_name(sop_uid)}.dcm"
+
+    # writing -----------------------------------------------------------------------------
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        created = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        if created:  # make the new folder entries themselves durable
+            _fsync_dir(directory.parent)
+            _fsync_dir(directory.parent.parent)
+        with self._lock:
+            self._known_dirs.add(directory)
+
+    def store(
+        self, raw: bytes | Sequence[bytes | memoryview], *, study_uid: str, series_uid: str, sop_uid: str
+    ) -> StoreOutcome:
+        """Durably store one instance; `raw` is the complete file (or its parts, written in order)."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        if final.exists():
+            return StoreOutcome(StoreStatus.ALREADY_STORED, final)
+        chunks = [raw] if isinstance(raw, (bytes, bytearray, memoryview)) else list(raw)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+        fd = -1
+        try:
+            self._ensure_dir(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._write_all(fd, chunks)
+            if self.fsync:
+                os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            with self._lock:
+                self._known_dirs.discard(final.parent)
+            log.error("spool write failed for SOP %s: %s", sop_uid, exc)
+            return StoreOutcome(StoreStatus.OUT_OF_RESOURCES, final, error=str(exc))
+        return StoreOutcome(StoreStatus.STORED, final)
+
+    @staticmethod
+    def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
+        views = [memoryview(c) for c in chunks if len(c)]
+        while views:
+            written = os.writev(fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+
+    def record_origin(self, study_uid: str, called_ae: str | None, calling_ae: str | None,
+                      origin: str = "dimse") -> None:
+        """Remember (once per process) who sent to this study and how; durable before the instance."""
+        key = (safe_name(study_uid), called_ae, calling_ae, origin)
+        if key in self._known_origins:
+            return
+        directory = self.study_dir(study_uid)
+        # DIMSE origins keep their original file name (spools written before HTTP origins existed).
+        ident = f"{called_ae}\\{calling_ae}" + ("" if origin == "dimse" else f"\\{origin}")
+        digest = hashlib.sha1(ident.encode()).hexdigest()[:12]
+        target = directory / f".origin-{digest}.json"
+        if not target.exists():
+            self._ensure_dir(directory)
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+            with open(tmp, "w") as f:
+                json.dump({"called_ae": called_ae, "calling_ae": calling_ae, "origin": origin}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(directory)
+        with self._lock:
+            self._known_origins.add(key)
+
+    # reading -----------------------------------------------------------------------------
+    def remove_stale_temp_files(self) -> int:
+        """Temp files left by a crash are never acknowledged instances: delete them at start."""
+        removed = 0
+        for tmp in self.root.rglob(f"*{TMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+        return removed
+
+    def instances(self, study_uid: str) -> list[Path]:
+        return sorted(self.study_dir(study_uid).glob("*/*.dcm"))
+
+    def origins(self, study_uid: str) -> list[dict[str, str | None]]:
+        out: list[dict[str, str | None]] = []
+        for f in sorted(self.study_dir(study_uid).glob(".origin-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(f.read_text())
+                out.append({"called_ae": data.get("called_ae"), "calling_ae": data.get("calling_ae"),
+                            "origin": data.get("origin") or "dimse"})
+        return out
+
+    def iter_studies(self) -> Iterator[SpooledStudy]:
+        if not self.root.exists():
+            return
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                yield SpooledStudy(
+                    study_uid=entry.name,
+                    path=entry,
+                    instances=sorted(entry.glob("*/*.dcm")),
+                    origins=self.origins(entry.name),
+                )

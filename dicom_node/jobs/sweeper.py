@@ -1,0 +1,88 @@
+"""Every worker's recovery sweep: re-queue jobs whose worker is gone and queued jobs whose message was lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from dicom_node.context import NodeContext
+from dicom_node.db.tables import utcnow
+from dicom_node.jobs import leases
+from dicom_node.jobs.queue import enqueue, send_task
+from dicom_node.jobs.states import IN_PROGRESS, JobState
+
+log = logging.getLogger("x2x.jobs.sweeper")
+
+
+def sweep_once(ctx: NodeContext) -> list[int]:
+    """Re-enqueue jobs whose worker is gone and queued jobs whose message was lost; returns their ids."""
+    q = ctx.settings.queue
+    requeued: list[int] = []
+    for job_id in leases.recoverable_jobs(
+        ctx.store, lease_seconds=q.lease_seconds, requeue_queued_after=q.requeue_queued_after_seconds
+    ):
+        job = ctx.store.get(job_id)
+        if job is None:
+            continue
+        if job.state in IN_PROGRESS and not leases.requeue_in_progress(
+            ctx.store, job_id, lease_seconds=q.lease_seconds
+        ):
+            continue
+        log.warning("recovering job %s (was %s; its worker is gone or its message was lost)",
+                    job_id, job.state)
+        enqueue(ctx, job_id)
+        requeued.append(job_id)
+    return requeued
+
+
+def resend_queued(ctx: NodeContext) -> int:
+    """Send every queued job's task again (with its remaining delay). Used when a worker starts on the
+    embedded SQLite broker, whose messages taken by a killed worker are never redelivered; a duplicate
+    message is a no-op because the job is claimed atomically."""
+    now = utcnow()
+    jobs = ctx.store.list(state=JobState.QUEUED.value, limit=100_000)
+    for job in jobs:
+        delay = (job.next_attempt_at - now).total_seconds() if job.next_attempt_at else 0.0
+        send_task(ctx, job.id, max(0.0, delay))
+    if jobs:
+        log.info("re-sent %d queued job(s) to the embedded broker", len(jobs))
+    return len(jobs)
+
+
+class Sweeper:
+    """Runs `sweep_once` at start and every `queue.sweep_interval_seconds` in a daemon thread."""
+
+    def __init__(self, ctx: NodeContext, kind: str = "worker"):
+        self._ctx = ctx
+        self._kind = kind
+        self._me = leases.WorkerIdentity.current()
+        self._started = utcnow()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="x2x-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        if self._ctx.settings.broker_url.startswith("sqla+"):
+            try:
+                resend_queued(self._ctx)
+            except Exception:
+                log.warning("re-sending queued jobs failed", exc_info=True)
+        while True:
+            try:
+                leases.worker_seen(self._ctx.store, self._me, self._kind, self._started)
+                sweep_once(self._ctx)
+            except Exception:
+                log.warning("job sweep failed", exc_info=True)
+            if self._stop.wait(self._ctx.settings.queue.sweep_interval_seconds):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            leases.worker_gone(self._ctx.store, self._me)
+        except Exception:
+            log.warning("could not deregister worker", exc_info=True)

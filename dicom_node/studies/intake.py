@@ -1,0 +1,160 @@
+"""A complete study becomes jobs: every spooled instance is checked (eligibility), its edit request
+worked out (requests) and one job per eligible instance created under its idempotency key, so a resent
+study creates no second job. What happened to every instance is recorded (studies/records.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+
+from dicom_node import metrics
+from dicom_node.context import NodeContext, resolve_model_path
+from dicom_node.edit_params import InvalidEditParams, default_seed, job_key, resolve_params
+from dicom_node.inbound.spool import Spool
+from dicom_node.jobs.queue import enqueue
+from dicom_node.jobs.states import JobState
+from dicom_node.studies import eligibility, requests
+from dicom_node.studies.records import (
+    INSTANCE_INVALID_REQUEST,
+    INSTANCE_JOB,
+    INSTANCE_NO_REQUEST,
+    INSTANCE_SKIPPED,
+    INSTANCE_UNREADABLE,
+    INVALID_REQUEST,
+    NO_REQUEST,
+    PROCESSED,
+    StudyOutcome,
+    record_instance,
+    save_outcome,
+)
+from editor import EditParams, InstructionError, describe_model
+
+log = logging.getLogger("x2x.studies")
+
+
+@dataclass(frozen=True)
+class ExplicitRequest:
+    """An edit asked for over the REST API: it replaces whatever the instances ask for."""
+
+    instruction: str
+    seed: int | None = None
+    destination: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # EditParams overrides (e.g. steps)
+
+
+def _explicit(settings: Any, req: ExplicitRequest) -> requests.EditRequest:
+    seed = default_seed(settings, req.seed)
+    try:
+        params = resolve_params(settings, req.params)
+    except InvalidEditParams as exc:
+        return requests.EditRequest("api", req.instruction, None, seed, EditParams(), req.destination, str(exc))
+    try:
+        canonical = requests.canonicalise(req.instruction)
+    except InstructionError as exc:
+        return requests.EditRequest("api", req.instruction, None, seed, params, req.destination, str(exc))
+    return requests.EditRequest("api", req.instruction, canonical, seed, params, req.destination)
+
+
+def create_jobs_for_study(
+    ctx: NodeContext,
+    study_uid: str,
+    *,
+    called_ae: str | None = None,
+    calling_ae: str | None = None,
+    origin: str = "dimse",
+    explicit: ExplicitRequest | None = None,
+) -> StudyOutcome:
+    """Check every spooled instance of the study and create (idempotently) one job per eligible one.
+
+    `explicit` (REST API) overrides the request found in the data; otherwise requests.resolve decides
+    per instance. New jobs are enqueued.
+    """
+    settings = ctx.settings
+    files = Spool(settings.spool_dir).instances(study_uid)
+    outcome = StudyOutcome(study_uid, PROCESSED)
+    model_hash: str | None = None
+    model_id: str | None = None
+    requests_seen: list[requests.EditRequest] = []
+    real_study_uid = study_uid
+
+    for path in files:
+        row: dict[str, Any] = {"path": str(path), "study_instance_uid": study_uid}
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)
+            sop = str(ds.get("SOPInstanceUID", "") or path.stem)
+            real_study_uid = str(ds.get("StudyInstanceUID", study_uid))
+            row.update(study_instance_uid=real_study_uid, sop_instance_uid=sop,
+                       series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+                       modality=str(ds.get("Modality", "")) or None)
+        except Exception as exc:
+            unreadable = f"unreadable: {type(exc).__name__}: {exc}"[:500]
+            record_instance(ctx.db, row | {"status": INSTANCE_UNREADABLE, "reason": unreadable})
+            outcome.skipped.append((path.stem, unreadable))
+            continue
+        reason = eligibility.skip_reason(ds, has_pixel_data="PixelData" in ds)
+        if reason is not None:
+            record_instance(ctx.db, row | {"status": INSTANCE_SKIPPED, "reason": reason})
+            outcome.skipped.append((sop, reason))
+            continue
+        request = _explicit(settings, explicit) if explicit is not None else requests.resolve(settings, called_ae, ds)
+        if request is None:
+            why = "no edit request (no called-AE rule, INSTRUCTX2X block, attribute or default)"
+            record_instance(ctx.db, row | {"status": INSTANCE_NO_REQUEST, "reason": why})
+            outcome.skipped.append((sop, why))
+            continue
+        requests_seen.append(request)
+        if not request.valid:
+            why = f"invalid instruction {request.text!r}: {request.error}"
+            record_instance(ctx.db, row | {"status": INSTANCE_INVALID_REQUEST, "reason": why})
+            outcome.skipped.append((sop, why))
+            outcome.error = why
+            continue
+        if model_hash is None:
+            info = describe_model(resolve_model_path(settings))
+            model_id, model_hash = info.model_id, info.weights_hash
+        assert request.instruction is not None
+        job, created = ctx.store.create_job(
+            idempotency_key=job_key(sop, request.instruction, model_hash, request.seed, request.params),
+            study_instance_uid=real_study_uid,
+            series_instance_uid=row.get("series_instance_uid"),
+            sop_instance_uid=sop,
+            source_path=str(path.resolve()),
+            instruction=request.instruction,
+            seed=request.seed,
+            params=request.params.to_dict(),
+            model_id=model_id,
+            model_hash=model_hash,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            destination=request.destination,
+            origin=origin,
+        )
+        if created:
+            outcome.created_jobs.append(job.id)
+            metrics.jobs_created_total.inc()
+        else:
+            outcome.existing_jobs.append(job.id)
+        if created or job.state == JobState.RECEIVED:  # created but never queued (e.g. a crash)
+            try:
+                enqueue(ctx, job.id)
+            except Exception as exc:  # the job is recorded; queueing again later recovers it
+                log.error("job %s created but could not be queued: %s: %s", job.id, type(exc).__name__, exc)
+        record_instance(ctx.db, row | {"status": INSTANCE_JOB, "reason": None, "job_id": job.id})
+
+    metrics.instances_skipped_total.inc(len(outcome.skipped))
+    if outcome.error is not None and not (outcome.created_jobs or outcome.existing_jobs):
+        outcome.state = INVALID_REQUEST
+    elif not requests_seen and not (outcome.created_jobs or outcome.existing_jobs):
+        outcome.state = NO_REQUEST
+    first = next((r for r in requests_seen if r.valid), requests_seen[0] if requests_seen else None)
+    save_outcome(
+        ctx.db, real_study_uid, outcome, calling_ae=calling_ae, called_ae=called_ae, instance_count=len(files),
+        request_source=first.source if first else None,
+        instruction=(first.instruction or first.text) if first else None,
+    )
+    return outcome
