@@ -9,10 +9,14 @@ drawn head-up:
      filled convex hull (lungs overlap heart and opacities in projection, which thresholds miss);
   4. the base is moved down to the diaphragm, found per lung as the last rise of the column-averaged
      intensity profile to the sub-diaphragmatic level (dense lower lungs stop a threshold early);
-  5. the heart is the dense lower region between the lungs' medial edges, modelled as an ellipse;
+  5. the heart is the dense lower region between the lung fields' medial edges (the cardiac borders,
+     followed row by row down to the diaphragm, so the apex is inside), with a rounded top;
   6. zones are vertical thirds of each lung; apex = top fifth; costophrenic angle = lower-lateral
-     corner; hilum = medial middle; lateral margin = the lateral band of each row.
-When only one lung is found it is mirrored about the midline; when none is plausible a geometric
+     corner; hilum = medial middle; lateral margin = the lateral band of each row; hemithorax = the
+     thoracic cavity on that side (the lung widened to the chest wall and down to the diaphragm, for
+     findings that hide aerated lung).
+Images smaller than the working size are enlarged to it first (the rules are tuned there). When only
+one lung is found it is mirrored about the midline; when none is plausible a geometric
 template of a standard PA chest, scaled to the body's bounding box, is used instead. Either way
 `quality["method"]` and `quality["notes"]` say so.
 
@@ -168,6 +172,44 @@ def _zones_and_parts(lung: np.ndarray, side: str, midline: float, masks: dict[st
     masks[f"lateral_margin_{side}"] = margin & lung
 
 
+def _hemithorax_floor(lungs: dict[str, np.ndarray], bottoms: dict[str, int]) -> int:
+    """Lowest row either hemithorax reaches: the lower lung base, and no higher than 0.85 thorax widths
+    below the apices (both bases can sit high over fluid; lungs are about as tall as the thorax is wide)."""
+    h = lungs["image_left"].shape[0]
+    both = lungs["image_left"] | lungs["image_right"]
+    top, _, left, right = _rows_cols(both)
+    expected = top + 0.85 * (right - left + 1)
+    return int(min(h - 1, max(max(bottoms.values()), expected)))
+
+
+def _hemithorax(lung: np.ndarray, side: str, floor: int, midline: float) -> np.ndarray:
+    """One side's thoracic cavity as the chest wall, the mediastinum and the diaphragm bound it.
+
+    On an image that *shows* fluid or collapse, the lung segmented from the dark (aerated) lung stops at
+    the fluid; the hemithorax does not: the lung's lower third sets its lateral wall (the chest wall is
+    widest at the base) and its medial edge, and the box between them reaches down to `floor`. Its
+    filled convex hull with the lung is the hemithorax ("Remove the finding of pleural effusion" must
+    cover where the fluid is)."""
+    h, w = lung.shape
+    if not lung.any():
+        return lung.copy()
+    top, bottom, _, _ = _rows_cols(lung)
+    low = lung[int(top + 2 * (bottom - top) / 3): bottom + 1]
+    cols = np.flatnonzero(low.any(axis=0))
+    if cols.size == 0:
+        return lung.copy()
+    lateral_is_left = side == "image_left"
+    lateral = int(cols[0] if lateral_is_left else cols[-1])
+    # Medial edge at the base, but never across the body midline.
+    edges = [np.flatnonzero(row)[-1 if lateral_is_left else 0] for row in low if row.any()]
+    medial = float(np.median(edges))
+    medial = min(medial, midline) if lateral_is_left else max(medial, midline)
+    box = np.zeros_like(lung)
+    c0, c1 = sorted((lateral, int(round(medial))))
+    box[bottom: max(floor, bottom) + 1, c0: c1 + 1] = True
+    return _filled_hull(lung | box)
+
+
 def _medial_edges(left: np.ndarray, right: np.ndarray, rows: range) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the image-left lung's rightmost and the image-right lung's leftmost column (-1: none)."""
     h = left.shape[0]
@@ -181,10 +223,36 @@ def _medial_edges(left: np.ndarray, right: np.ndarray, rows: range) -> tuple[np.
     return medial_l, medial_r
 
 
+def _running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Median over a window of rows (odd length, clipped at the ends): a border without vessel jitter."""
+    if window <= 1 or values.size < 3:
+        return values.astype(float)
+    half = window // 2
+    padded = np.pad(values.astype(float), half, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
+def _lung_borders(raw: np.ndarray, medial_is_right: bool, rows: np.ndarray) -> np.ndarray:
+    """Per row, the dark lung's medial column (the cardiac border where the heart touches it); below the
+    lung's base the last border carries on down (the heart rests on the diaphragm there); -1 above it."""
+    out = np.full(rows.size, -1.0)
+    last = -1.0
+    for i, r in enumerate(rows):
+        xs = np.flatnonzero(raw[r])
+        if xs.size:
+            last = float(xs[-1] if medial_is_right else xs[0])
+        out[i] = last
+    return out
+
+
 def _heart_and_mediastinum(lungs: dict[str, np.ndarray], raw: dict[str, np.ndarray],
                            bottoms: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Mediastinum = between the lung fields; heart = an ellipse where the dark lungs' medial edges
-    part (the cardiac borders), from there down to the diaphragm."""
+    """Mediastinum = between the lung fields; heart = the region between the dark lungs' medial edges
+    (the cardiac borders) from where they part down to the diaphragm, with a rounded top.
+
+    The borders are followed row by row rather than fitted with an ellipse: the heart is widest low
+    down, where the apex (usually on the image right of a PA film, the patient's left) reaches out
+    along the diaphragm; an ellipse centred on the silhouette misses it."""
     h, w = lungs["image_left"].shape
     top = min(_rows_cols(lungs[s])[0] for s in IMAGE_SIDES)
     bottom = max(bottoms.values())
@@ -204,22 +272,42 @@ def _heart_and_mediastinum(lungs: dict[str, np.ndarray], raw: dict[str, np.ndarr
     mid = (outer_l + outer_r) / 2
     upper = valid[(valid >= top + 0.2 * span) & (valid < top + 0.45 * span)]
     lower = valid[(valid >= top + 0.45 * span) & (valid <= top + 0.92 * span)]
-    if lower.size >= 3:
-        gap_l, gap_r = float(np.percentile(el[lower], 25)), float(np.percentile(er[lower], 75))
-        wide = lower[gap[lower] > 1.3 * float(np.median(gap[upper]))] if upper.size else lower
-        heart_top = float(wide[0]) if wide.size >= 3 else top + 0.55 * span
-    else:  # the lungs are never side by side low down (e.g. a large effusion): a typical heart
-        gap_l, gap_r = mid - 0.2 * thorax, mid + 0.2 * thorax
-        heart_top = top + 0.55 * span
-    heart_top = min(max(heart_top, top + 0.45 * span), top + 0.7 * span)
-    heart_bottom = float(max(bottoms.values()))  # the heart rests on the diaphragm
-    # Cardiothoracic sanity: width 30-55 % of the thorax, centre within 15 % of the thorax's middle.
-    cx = float(np.clip((gap_l + gap_r) / 2, mid - 0.15 * thorax, mid + 0.15 * thorax))
-    rx = float(np.clip((gap_r - gap_l) / 2, 0.15 * thorax, 0.275 * thorax))
-    cy = (heart_top + heart_bottom) / 2
-    ry = max((heart_bottom - heart_top) / 2, 0.05 * h)
     rr, cc = np.mgrid[0:h, 0:w]
-    heart = (((cc - cx) / rx) ** 2 + ((rr - cy) / ry) ** 2 <= 1.0) & (rr <= bottom)
+    heart_bottom = float(bottom)  # the heart rests on the diaphragm
+    if lower.size < 3:
+        # The lungs are never side by side low down (e.g. a large effusion): a typical heart, an ellipse.
+        heart_top = top + 0.55 * span
+        cx, rx = mid, 0.25 * thorax
+        cy, ry = (heart_top + heart_bottom) / 2, max((heart_bottom - heart_top) / 2, 0.05 * h)
+        heart = (((cc - cx) / rx) ** 2 + ((rr - cy) / ry) ** 2 <= 1.0) & (rr <= bottom)
+        return heart, mediastinum | heart
+    wide = lower[gap[lower] > 1.3 * float(np.median(gap[upper]))] if upper.size else lower
+    heart_top = float(wide[0]) if wide.size >= 3 else top + 0.55 * span
+    heart_top = min(max(heart_top, top + 0.45 * span), top + 0.7 * span)
+
+    rows = np.arange(int(round(heart_top)), bottom + 1)
+    window = max(3, int(0.04 * h) | 1)
+    left = _running_median(_lung_borders(lungs["image_left"], True, rows), window)
+    right = _running_median(_lung_borders(lungs["image_right"], False, rows), window)
+    # Where a lung is missing from a row (e.g. above a mirrored lung's top), use the typical border.
+    left = np.where(left < 0, mid - 0.2 * thorax, left)
+    right = np.where(right < 0, mid + 0.2 * thorax, right)
+    # A cardiac border runs steeply down to the diaphragm; a field's edge that swings outward faster
+    # than 0.6 columns per row is the dome of the diaphragm under it, not the heart.
+    for i in range(1, rows.size):
+        left[i] = max(left[i], left[i - 1] - 0.6)
+        right[i] = min(right[i], right[i - 1] + 0.6)
+    # Cardiothoracic sanity: width 30-65 % of the thorax, centre within 15 % of the thorax's middle.
+    centre = np.clip((left + right) / 2, mid - 0.15 * thorax, mid + 0.15 * thorax)
+    half = np.clip((right - left) / 2, 0.15 * thorax, 0.325 * thorax)
+    # Rounded top: over the upper quarter of the heart the width grows like a half ellipse.
+    cap = max(0.25 * (heart_bottom - heart_top), 1.0)
+    depth = np.clip((rows - heart_top) / cap, 0.0, 1.0)
+    half = half * np.sqrt(1.0 - (1.0 - depth) ** 2)
+    heart = np.zeros((h, w), bool)
+    cols = np.arange(w)
+    for i, r in enumerate(rows):
+        heart[r] = np.abs(cols - centre[i]) <= half[i]
     mediastinum |= heart
     return heart, mediastinum
 
@@ -235,6 +323,9 @@ def _assemble(lungs: dict[str, np.ndarray], bottoms: dict[str, int], quality: di
     midline = float(np.median(cols)) if cols.size else (w - 1) / 2
     for side in IMAGE_SIDES:
         _zones_and_parts(lungs[side], side, midline, masks)
+    floor = _hemithorax_floor(lungs, bottoms)
+    for side in IMAGE_SIDES:
+        masks[f"hemithorax_{side}"] = _hemithorax(lungs[side], side, floor, midline)
     masks["heart"] = heart
     masks["mediastinum"] = mediastinum
     quality["midline_x"] = midline / w
@@ -287,8 +378,11 @@ class ClassicalSegmenter:
             anatomy = template_anatomy((int(img.shape[0]), int(img.shape[1])), reason="image under 16 px")
             anatomy.quality["segmenter"] = self.name
             return anatomy
-        scale = min(1.0, self.work_size / max(img.shape))
-        work = ndi.zoom(img, scale, order=1) if scale < 1.0 else img
+        # Segment at the working size whatever the caller's grid: larger images are shrunk (speed), smaller
+        # ones enlarged -- at a 128-px model grid the morphology, quantised to whole pixels, otherwise
+        # lets a lung apex merge with the air above the shoulder (then the lung climbs the chest wall).
+        scale = self.work_size / max(img.shape)
+        work = ndi.zoom(img, scale, order=1) if abs(scale - 1.0) > 1e-6 else img
         anatomy = self._segment_work(work)
         if work.shape != img.shape:
             anatomy = _resize_anatomy(anatomy, img.shape)

@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from editor.model import LoadedModel, load_model, make_generator, pipeline_from_model, resolve_device, resolve_dtype
+from editor.model import (
+    LoadedModel,
+    load_model,
+    make_generator,
+    pipeline_from_model,
+    research_scheduler,
+    resolve_device,
+    resolve_dtype,
+)
 from editor.relevance import relevance_map
 from editor.rse import encode_text, rse_denoise
 
@@ -29,7 +37,7 @@ BENCH_PROMPT = "Add the finding of pleural effusion."
 def build_sd15_random(device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Random-weight SD1.5-size IP2P components (UNet 860M, CLIP-L text encoder, SD VAE), in memory."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from editor.tiny import write_byte_tokenizer
@@ -82,10 +90,7 @@ def build_sd15_random(device: str = "auto", dtype: str = "auto") -> LoadedModel:
         torch.nn.Module.to(module, device=torch_device, dtype=torch_dtype)
         module.eval()
         module.requires_grad_(False)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-    )
+    scheduler = research_scheduler()
     return LoadedModel(
         vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         model_id="random-sd15-size-ip2p", weights_hash="none:random-in-memory", resolution=512,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEMO_MODEL_ID = "x2x-phantom-demo-v2"
 DEMO_KIND = "phantom-demo"
+# Trained on phantoms exposed through the display window, square, not equalised: this project's profile.
+DEMO_INPUT_PROFILE = "windowed-aspect"
 DEMO_WARNING = (
     "Phantom demo model: trained only on synthetic chest phantoms (no patient data). It knows only "
     "phantoms; on real radiographs its edits are meaningless. Every image it produces is synthetic; "

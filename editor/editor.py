@@ -5,6 +5,11 @@ RSE denoising -> decode -> composite at native resolution. Every random draw com
 seeded from `seed`, so the same seed gives byte-identical output. The denoising generator is seeded with
 `seed` itself (so `start="noise"` with RSE off reproduces diffusers' pipeline for that seed); the
 relevance map's draws use a generator seeded from a value derived from `seed`.
+
+The text encoder gets the instruction as written (whitespace normalised): the model was trained on the
+dataset's own sentences. The parse only drives the prior, laterality and validation. How the image is fed
+to the model (grid, intensity, dtype) is the model's input profile (editor/profiles.py); latents and
+relevance stay float32 whatever dtype the UNet runs in.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from editor.composite import blend_stored, feather_alpha, native_mask
-from editor.instructions import ParsedInstruction, parse_instruction
-from editor.model import LoadedModel, load_model, make_generator
+from editor.instructions import ParsedInstruction, normalise_whitespace, parse_instruction
+from editor.model import SCHEDULER_NAME, LoadedModel, load_model, make_generator
 from editor.relevance import relevance_map
 from editor.rse import encode_text, rse_denoise
 from editor.types import EditParams, EditResult, SourceImage
@@ -48,6 +53,24 @@ class ModelGridEdit:
     image: np.ndarray | None  # (3, H, W) float32 [0, 1] decoded edit; None when the mask was empty
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # How much of the region prior the relevance map took away (model grid): see `prior_vs_relevance`.
+    prior_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def prior_vs_relevance(prior: np.ndarray, relevance: np.ndarray, mask: np.ndarray, tau: float) -> dict[str, Any]:
+    """How much of the prior the relevance map removed: the prior's area (prior >= tau), the share of
+    it where R >= tau, and the share of it the mask M = prior x R >= tau left out."""
+    region = np.asarray(prior) >= tau
+    area = int(region.sum())
+    if area == 0:
+        return {"tau": tau, "prior_pixels": 0, "relevance_at_least_tau": None, "removed_by_relevance": None}
+    kept = int((np.asarray(mask) & region).sum())
+    return {
+        "tau": tau,
+        "prior_pixels": area,
+        "relevance_at_least_tau": round(float((np.asarray(relevance)[region] >= tau).mean()), 6),
+        "removed_by_relevance": round(1.0 - kept / area, 6),
+    }
 
 
 class _StageClock:
@@ -131,13 +154,13 @@ class Editor:
         sf = m.scaling_factor
         with torch.inference_mode():
             # Encode: image conditioning = posterior mode (unscaled); the blended original = mode x sf;
-            # the relevance map's source latents = a seeded posterior sample x sf.
-            pixels = image.to(device=m.device, dtype=m.dtype)
+            # the relevance map's source latents = a seeded posterior sample x sf. All float32 from here.
+            pixels = image.to(device=m.device, dtype=m.vae.dtype)
             posterior = m.vae.encode(pixels).latent_dist
-            image_latents = posterior.mode()
+            image_latents = posterior.mode().float()
             source_latents = image_latents * sf
             relevance_gen = make_generator(m.device, derived_seed(seed, "relevance"))
-            sampled_latents = posterior.sample(generator=relevance_gen) * sf
+            sampled_latents = posterior.sample(generator=relevance_gen).float() * sf
             embeddings = encode_text(m.tokenizer, m.text_encoder, [prompt, ""], m.device)
             clock.lap("encode")
 
@@ -165,6 +188,8 @@ class Editor:
                 m_lat = np.ones(r_lat.shape, dtype=bool)
                 m_px = np.ones((height, width), dtype=bool)
                 notes.append("RSE off: plain InstructPix2Pix (mask all ones); R and G recorded only")
+            stats_tau = params.tau if params.tau > 0 else EditParams().tau  # without RSE: what it would do
+            prior_stats = prior_vs_relevance(prior, r_up, m_px if use_rse else g_px >= stats_tau, stats_tau)
             clock.lap("guidance")
 
             decoded: np.ndarray | None = None
@@ -173,7 +198,7 @@ class Editor:
             else:
                 latent_mask = None
                 if use_rse:
-                    latent_mask = torch.from_numpy(m_lat.astype(np.float32))[None, None].to(m.device, m.dtype)
+                    latent_mask = torch.from_numpy(m_lat.astype(np.float32))[None, None].to(m.device)
                 text, empty = embeddings[:1], embeddings[1:]
                 latents = rse_denoise(
                     m.unet, self._scheduler(),
@@ -190,12 +215,13 @@ class Editor:
                     step_callback=step_callback,
                 )
                 clock.lap("denoise")
-                out = m.vae.decode(latents / sf, return_dict=False)[0]
+                out = m.vae.decode((latents / sf).to(m.vae.dtype), return_dict=False)[0]
                 decoded = (out / 2 + 0.5).clamp(0, 1)[0].float().cpu().numpy()
                 clock.lap("decode")
         return ModelGridEdit(
             relevance_latent=r_lat, relevance=r_up.astype(np.float32), guidance=g_px,
             mask_latent=m_lat, mask=m_px, image=decoded, timings=clock.timings, notes=notes,
+            prior_stats=prior_stats,
         )
 
     def _scheduler(self) -> Any:
@@ -211,33 +237,44 @@ class Editor:
         *,
         seed: int,
         params: EditParams | None = None,
+        step_callback: Callable[[int], None] | None = None,
     ) -> EditResult:
+        """Edit `image` as `instruction` says. `instruction` is the sentence as written (the text encoder
+        gets it with whitespace normalised) or a ParsedInstruction (its `prompt`: the text it was parsed
+        from, else its canonical sentence). `step_callback(i)` is called after DDIM step i (0-based) of
+        `params.steps` -- for progress bars; it is not called when the mask is empty (no denoising)."""
         from editor.orientation import Orientation
         from editor.preprocess import preprocess
         from editor.regions import build_prior
 
         params = params or EditParams()
-        parsed = parse_instruction(instruction) if isinstance(instruction, str) else instruction
+        if isinstance(instruction, str):
+            parsed = parse_instruction(instruction)
+            prompt = normalise_whitespace(instruction)
+        else:
+            parsed, prompt = instruction, instruction.prompt
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
         resolution = params.resolution or self.resolution
-        pre = preprocess(image, resolution)
+        profile = self.model.profile
+        pre = preprocess(image, resolution, profile)
         timings["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         orientation = Orientation.from_source(image)
+        anatomy_image = pre.anatomy_image if pre.anatomy_image is not None else pre.model_image
         region_prior = build_prior(
-            pre.model_image, parsed, orientation, source=params.prior, paper_dir=params.paper_prior_dir,
+            anatomy_image, parsed, orientation, source=params.prior, paper_dir=params.paper_prior_dir,
             segmenter=self.segmenter,
         )
         timings["prior"] = time.perf_counter() - t0
 
-        prompt = parsed.canonical()
         with self._lock:
             grid_edit = self.edit_model_grid(
-                pre.model_rgb_tensor(), prompt, region_prior.mask, seed=seed, params=params
+                pre.model_rgb_tensor(), prompt, region_prior.mask, seed=seed, params=params,
+                step_callback=step_callback,
             )
         for stage in ("encode", "relevance", "denoise", "decode"):
             timings[stage] = grid_edit.timings.get(stage, 0.0)
@@ -253,7 +290,8 @@ class Editor:
         else:
             mask = native_mask(grid_edit.mask, grid.to_native)
             gray = grid_edit.image.mean(axis=0)  # the model's 3 channels -> one grey channel
-            edited = pre.mapping.to_stored(np.clip(grid.to_native(gray, order="linear"), 0, 1))
+            # The exact way back: inverse resize, inverse intensity curve, inverse display mapping.
+            edited = pre.mapping.to_stored(pre.to_display(gray))
             alpha = feather_alpha(mask, params.feather_px)
             counterfactual = blend_stored(image.pixels, edited, alpha)
         finding_masks = self._finding_masks(mask, parsed, region_prior.per_finding, grid)
@@ -263,9 +301,12 @@ class Editor:
         m = self.model
         provenance: dict[str, Any] = {
             "prompt": prompt,
+            "input_profile": pre.describe(),
             "laterality": region_prior.laterality,
             "orientation": orientation.provenance,
             "regions": list(region_prior.regions),
+            "broad_field": list(region_prior.broad_field),
+            "prior_vs_relevance": grid_edit.prior_stats,
             "notes": list(region_prior.notes) + grid_edit.notes,
             "display_mapping": pre.mapping.describe(),
             "native_shape": list(grid.native_shape),
@@ -276,6 +317,11 @@ class Editor:
             "model_kind": m.kind,
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
+            "precision": {"unet": str(m.unet.dtype).replace("torch.", ""), "latents": "float32",
+                          "relevance": "float32"},
+            "scheduler": {"name": SCHEDULER_NAME,
+                          "prediction_type": str(m.scheduler.config.prediction_type),
+                          "folder_differences": list(m.scheduler_notes)},
             "sop_instance_uid": image.sop_instance_uid,
             "synthetic": True,
         }
@@ -287,6 +333,7 @@ class Editor:
             finding_masks=finding_masks,
             coverage=float(mask.mean()),
             instruction=parsed,
+            prompt=prompt,
             prior_source=region_prior.source,
             seed=int(seed),
             params=params,

@@ -17,11 +17,21 @@ Two layouts are supported:
   ``load_model(ckpt, single_file_config=cfg)`` then ``save_model_folder(loaded, out_dir)`` and point the
   node at ``out_dir`` (a diffusers folder; its ``x2x_model.json`` keeps the original model id).
 
-The denoising scheduler is always DDIM built from the model's own scheduler config (the paper's sampler).
+The denoising scheduler is pinned: DDIM with the CompVis v1-4 scheduler config that the research loop
+loads (scaled_linear betas 0.00085-0.012 over 1000 steps, steps_offset 1, clip_sample off,
+set_alpha_to_one off; 100 steps -> timesteps 991 ... 1), whatever the folder's scheduler config says (a
+config without `clip_sample` would otherwise silently turn x0 clipping on). Only the folder's
+`prediction_type` is kept (it belongs to the weights, not to the sampler); every difference between the
+folder's config and the pinned one is recorded (`LoadedModel.scheduler_notes`).
+
+Input profile: `x2x_model.json`'s `input_profile` (editor/profiles.py); a folder that declares none is
+the published checkpoint and gets `research`. It sets how images are fed to the model and the default
+dtype on CUDA (float16; the UNet runs in that dtype, the latent state and the relevance arithmetic stay
+float32 whatever it is).
 
 Every result carries ``model_id`` (``x2x_model.json``'s ``model_id`` when present, else the folder / file
 name) and ``weights_hash`` (sha256 over the weight files' relative names and bytes), so a result can be
-traced to the exact weights. ``describe_model`` gives both without building any torch module.
+traced to the exact weights. ``describe_model`` gives both, and the input profile, without building any torch module.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ import json
 import logging
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from editor.profiles import InputProfile, get_profile
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +54,26 @@ log = logging.getLogger("x2x.editor.model")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
-DEFAULT_RESOLUTION = 512  # InstructX2X inference resolution (shorter side)
+DEFAULT_RESOLUTION = 512  # InstructX2X inference resolution
+
+# DDIM as the research loop builds it: DDIMScheduler.from_pretrained("CompVis/stable-diffusion-v1-4",
+# subfolder="scheduler"); the unlisted options are diffusers' DDIM defaults, written out so that no
+# folder's config can change them.
+RESEARCH_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "thresholding": False,
+    "rescale_betas_zero_snr": False,
+}
+SCHEDULER_NAME = "CompVis/stable-diffusion-v1-4 DDIM (pinned)"
 
 
 class ModelLoadError(RuntimeError):
@@ -55,6 +86,7 @@ class ModelInfo:
     weights_hash: str
     resolution: int
     kind: str  # "diffusers" | "single-file" | x2x_model.json's kind (e.g. "fixture")
+    input_profile: str = get_profile(None).name  # x2x_model.json's input_profile; undeclared: research
 
 
 @dataclass
@@ -70,6 +102,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     kind: str
+    profile: InputProfile = field(default_factory=lambda: get_profile(None))
+    scheduler_notes: tuple[str, ...] = ()  # how the folder's scheduler config differs from the pinned one
 
     @property
     def vae_scale_factor(self) -> int:
@@ -80,7 +114,7 @@ class LoadedModel:
         return float(self.vae.config.scaling_factor)
 
     def info(self) -> ModelInfo:
-        return ModelInfo(self.model_id, self.weights_hash, self.resolution, self.kind)
+        return ModelInfo(self.model_id, self.weights_hash, self.resolution, self.kind, self.profile.name)
 
 
 # --------------------------------------------------------------------------------------------- device
@@ -99,15 +133,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """auto: CUDA -> bfloat16 when the GPU supports it, else float16; CPU -> float32."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, profile: InputProfile | None = None) -> torch.dtype:
+    """auto: CUDA -> the input profile's dtype (float16 for both profiles; a profile asking for bfloat16
+    gets float16 where the GPU lacks it); CPU -> float32. The latent state stays float32 regardless."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            wanted = (profile or get_profile(None)).cuda_dtype
+            if wanted == "bfloat16" and torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return torch.float16
         return torch.float32
     names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
              "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -198,8 +236,23 @@ def _folder_resolution(folder: Path) -> int | None:
         return None
 
 
+def _declared_profile(side: dict[str, Any], where: Path) -> str:
+    try:
+        return get_profile(side.get("input_profile")).name
+    except ValueError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from exc
+
+
+def declared_input_profile(path: str | Path) -> str:
+    """The input profile a model folder or file declares (research when it declares none), read from
+    x2x_model.json alone (no weights hashed)."""
+    p = Path(path)
+    return _declared_profile(_sidecar(p), p)
+
+
 def describe_model(path: str | Path) -> ModelInfo:
-    """Model id, weights hash, resolution and kind, cheaply (reads JSON and hashes weights, cached)."""
+    """Model id, weights hash, resolution, kind and input profile, cheaply (reads JSON and hashes
+    weights, cached)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model path {p} does not exist")
@@ -217,7 +270,8 @@ def describe_model(path: str | Path) -> ModelInfo:
         resolution = int(side.get("resolution") or DEFAULT_RESOLUTION)
         default_id = p.stem
     model_id = str(side.get("model_id") or default_id)
-    return ModelInfo(model_id=model_id, weights_hash=weights_hash(p), resolution=resolution, kind=kind)
+    return ModelInfo(model_id=model_id, weights_hash=weights_hash(p), resolution=resolution, kind=kind,
+                     input_profile=_declared_profile(side, p))
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -246,6 +300,31 @@ def _load_pipeline(path: Path, dtype: torch.dtype, single_file_config: str | Pat
     return StableDiffusionInstructPix2PixPipeline.from_single_file(str(path), config=str(cfg), **common)
 
 
+def research_scheduler(prediction_type: str = "epsilon") -> Any:
+    """A fresh DDIM scheduler with the pinned research config (`RESEARCH_SCHEDULER_CONFIG`)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**{**RESEARCH_SCHEDULER_CONFIG, "prediction_type": prediction_type})
+
+
+def pinned_scheduler(folder_config: Any) -> tuple[Any, tuple[str, ...]]:
+    """The pinned scheduler for a model whose folder carries `folder_config`, and the differences."""
+    config = dict(folder_config or {})
+    prediction = str(config.get("prediction_type") or "epsilon")
+    notes: list[str] = []
+    for key, pinned in RESEARCH_SCHEDULER_CONFIG.items():
+        if key == "prediction_type":
+            continue
+        if key not in config:
+            notes.append(f"{key}: not in the folder's config; pinned {pinned!r}")
+        elif config[key] != pinned and not (isinstance(pinned, float) and isinstance(config[key], float)
+                                            and abs(config[key] - pinned) < 1e-12):
+            notes.append(f"{key}: folder {config[key]!r}, pinned {pinned!r}")
+    if prediction != "epsilon":
+        notes.append(f"prediction_type {prediction!r} kept from the folder (it belongs to the weights)")
+    return research_scheduler(prediction), tuple(notes)
+
+
 def load_model(
     path: str | Path,
     *,
@@ -253,13 +332,12 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     single_file_config: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a local IP2P model onto `device` in `dtype`, in eval mode, with a DDIM scheduler."""
-    from diffusers import DDIMScheduler
-
+    """Load a local IP2P model onto `device` in `dtype`, in eval mode, with the pinned DDIM scheduler."""
     p = Path(path)
     info = describe_model(p)
+    profile = get_profile(info.input_profile)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device, profile)
     try:
         with warnings.catch_warnings():  # diffusers >= 0.36 renamed torch_dtype; older ones need it
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -277,7 +355,10 @@ def load_model(
         module.to(torch_device)
         module.eval()
         module.requires_grad_(False)
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler, scheduler_notes = pinned_scheduler(pipe.scheduler.config)
+    if scheduler_notes:
+        log.info("%s: scheduler pinned to %s; folder config differs: %s", p, SCHEDULER_NAME,
+                 "; ".join(scheduler_notes))
     if torch_device.type == "cpu" and info.kind != "fixture":
         n_params = sum(p.numel() for p in pipe.unet.parameters())
         if n_params > 100_000_000:
@@ -295,6 +376,8 @@ def load_model(
         device=torch_device,
         dtype=torch_dtype,
         kind=info.kind,
+        profile=profile,
+        scheduler_notes=scheduler_notes,
     )
 
 
@@ -311,7 +394,7 @@ def save_model_folder(model: LoadedModel, out_dir: str | Path) -> Path:
     pipe.save_pretrained(str(out), safe_serialization=True)
     (out / "x2x_model.json").write_text(json.dumps(
         {"model_id": model.model_id, "kind": "diffusers", "resolution": model.resolution,
-         "converted_from_hash": model.weights_hash}, indent=2))
+         "input_profile": model.profile.name, "converted_from_hash": model.weights_hash}, indent=2))
     return out
 
 

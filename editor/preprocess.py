@@ -11,10 +11,16 @@ unit for any window narrower than 2^22 units). Values outside the window saturat
 with a VOI LUT table, values that share one table output come back as one of them. That loss only
 matters inside the edit mask: the composite keeps the source's own stored pixels everywhere else.
 
-Model grid: the shorter side becomes `resolution`, the longer side is scaled by the same factor and
-rounded to a multiple of 8 (no padding; the aspect ratio changes by < 4 px). Resizing uses Pillow on
-float32 images: "linear" = bilinear (Pillow widens the filter when shrinking, so downsampling is
-antialiased), "area" = box filter, "nearest" = nearest neighbour (for labels and boolean masks).
+Model grid and intensity: the model's input profile (editor/profiles.py) decides. `research` (the
+published checkpoint): the display image is histogram-equalised (an exactly invertible monotone curve)
+and squashed to resolution x resolution, ignoring the aspect ratio, as its MIMIC-CXR-JPG training images
+were. `windowed-aspect` (this project's models): the display image as is; the shorter side becomes
+`resolution`, the longer side is scaled by the same factor and rounded to a multiple of 8 (no padding;
+the aspect ratio changes by < 4 px). Resizing uses Pillow on float32 images: "linear" = bilinear
+(Pillow widens the filter when shrinking, so downsampling is antialiased), "area" = box filter,
+"nearest" = nearest neighbour (for labels and boolean masks). The way back (`Preprocessed.to_display`)
+is the inverse resize then the inverse intensity curve; the anatomy is segmented on the display image
+on the model grid without the intensity curve (`anatomy_image`), so it does not depend on the profile.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from editor.profiles import PROJECT_PROFILE, Equalisation, InputProfile
 from editor.types import SourceImage
 
 if TYPE_CHECKING:
@@ -215,18 +222,21 @@ class DisplayMapping:
 
 @dataclass(frozen=True)
 class GridTransform:
-    """Native grid <-> model grid (shorter side = resolution, longer side rounded to a multiple of 8)."""
+    """Native grid <-> model grid: shorter side = resolution, longer side rounded to a multiple of 8, or
+    (`square=True`, the research profile) resolution x resolution whatever the aspect ratio."""
 
     native_shape: tuple[int, int]
     model_shape: tuple[int, int]
 
     @classmethod
-    def for_shape(cls, native_shape: tuple[int, int], resolution: int) -> GridTransform:
+    def for_shape(cls, native_shape: tuple[int, int], resolution: int, *, square: bool = False) -> GridTransform:
         if resolution <= 0 or resolution % 8:
             raise ValueError(f"model resolution must be a positive multiple of 8, got {resolution}")
         h, w = int(native_shape[0]), int(native_shape[1])
         if h < 1 or w < 1:
             raise ValueError(f"empty image shape {native_shape}")
+        if square:
+            return cls((h, w), (resolution, resolution))
         scale = resolution / min(h, w)
         long_side = max(8, int(round(max(h, w) * scale / 8.0)) * 8)
         model = (resolution, long_side) if h <= w else (long_side, resolution)
@@ -270,10 +280,13 @@ def _resize(arr: np.ndarray, expect: tuple[int, int], shape: tuple[int, int], or
 @dataclass
 class Preprocessed:
     display_native: np.ndarray  # float32 [0, 1] native grid, bone bright
-    model_image: np.ndarray  # float32 (H, W) [0, 1] on the model grid
+    model_image: np.ndarray  # float32 (H, W) [0, 1] on the model grid, the profile's intensity
     grid: GridTransform
     mapping: DisplayMapping
     notes: list[str] = field(default_factory=list)
+    profile: InputProfile = PROJECT_PROFILE
+    equalisation: Equalisation | None = None  # the research profile's intensity curve (None: as is)
+    anatomy_image: np.ndarray | None = None  # display on the model grid, no intensity curve
 
     def model_rgb_tensor(self) -> torch.Tensor:
         """(1, 3, H, W) float32 in [-1, 1], grey replicated (the pipeline needs 3 channels)."""
@@ -282,10 +295,36 @@ class Preprocessed:
         t = torch.from_numpy(np.ascontiguousarray(self.model_image, dtype=np.float32))
         return (t * 2.0 - 1.0)[None, None].expand(1, 3, *t.shape).contiguous()
 
+    def to_display(self, model_gray: np.ndarray) -> np.ndarray:
+        """A model-grid grey image in the profile's intensity -> native-grid display [0, 1]: the inverse
+        resize, then the inverse intensity curve (the exact way back of `preprocess`)."""
+        native = np.clip(self.grid.to_native(np.asarray(model_gray, dtype=np.float32), order="linear"), 0, 1)
+        if self.equalisation is not None:
+            native = self.equalisation.inverse(native)
+        return np.asarray(native, dtype=np.float32)
 
-def preprocess(src: SourceImage, resolution: int) -> Preprocessed:
+    def describe(self) -> dict[str, Any]:
+        """The input transform, for provenance."""
+        return {
+            "profile": self.profile.name,
+            "grid": (f"square {self.grid.model_shape[0]}x{self.grid.model_shape[1]} (aspect ignored)"
+                     if self.profile.grid == "square" else
+                     f"shorter side {min(self.grid.model_shape)}, aspect kept: {list(self.grid.model_shape)}"),
+            "intensity": self.equalisation.describe() if self.equalisation is not None else "display image as is",
+        }
+
+
+def preprocess(src: SourceImage, resolution: int, profile: InputProfile = PROJECT_PROFILE) -> Preprocessed:
+    """Stored pixels -> display [0, 1] -> the model's input as `profile` says (see the module docstring)."""
     mapping = DisplayMapping.from_source(src)
     display = mapping.to_display(src.pixels)
-    grid = GridTransform.for_shape(src.shape, resolution)
-    model_image = np.clip(grid.to_model(display, order="linear"), 0.0, 1.0).astype(np.float32)
-    return Preprocessed(display, model_image, grid, mapping, list(mapping.notes))
+    grid = GridTransform.for_shape(src.shape, resolution, square=profile.grid == "square")
+    anatomy_image = np.clip(grid.to_model(display, order="linear"), 0.0, 1.0).astype(np.float32)
+    equalisation = None
+    model_image = anatomy_image
+    if profile.intensity == "equalise":
+        equalisation = Equalisation.from_image(display)
+        model_image = np.clip(grid.to_model(equalisation.forward(display), order="linear"), 0.0, 1.0)
+        model_image = model_image.astype(np.float32)
+    return Preprocessed(display, model_image, grid, mapping, list(mapping.notes), profile, equalisation,
+                        anatomy_image)

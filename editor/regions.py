@@ -4,10 +4,15 @@ prior = union over the instruction's findings of (finding -> anatomical regions,
 editor/vocabulary.py) on this image's anatomy (editor/anatomy.py), narrowed by location words:
   * left / right are the *patient's* sides, placed on the image through `Orientation` (DICOM
     PatientOrientation / ViewPosition) — never guessed from pixels; bilateral / none = both sides;
-  * upper / middle / lower / base / apical / retrocardiac / perihilar intersect the finding's regions
-    with that zone (or, when the two do not overlap, use the zone and say so).
-A finding whose regions are unknown or empty on this image falls back to lungs + heart, and the prior's
-source becomes "fallback" with a note naming the finding. Edges are soft (a small dilation + Gaussian)
+  * upper / middle / lower / base / apical / lateral / retrocardiac / perihilar / pericardial / pleural /
+    rib intersect the finding's regions with that zone (or, when the two do not overlap, use the zone
+    and say so).
+Every finding has a region rule (editor/vocabulary.py); the few without a typical place use the broad
+field (lungs, heart, mediastinum), recorded in `broad_field` and the notes. "Remove" uses the finding's
+remove rule: where the finding *is* on the image that shows it -- the anatomy is segmented on that
+image, so fluid or collapse hides part of the lung, and the rule widens the lung to the hemithorax.
+A finding whose regions are empty on this image falls back to lungs + heart, and the prior's source
+becomes "fallback" with a note naming the finding. Edges are soft (a small dilation + Gaussian)
 but the prior is exactly 0 a short distance outside the regions.
 
 Sources: "anatomy" (per image, above), "paper" (the research release's fixed 512x512
@@ -17,6 +22,7 @@ paper), "none" (all ones, recorded as such).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +40,8 @@ __all__ = ["SIDED_REGIONS", "RegionPrior", "build_prior", "paper_mask_path", "re
 PriorSource = Literal["anatomy", "paper", "fallback", "none"]
 
 SIDED_REGIONS = frozenset({"lung", "upper_zone", "middle_zone", "lower_zone", "cp_angle", "apex", "hilum",
-                           "perihilar", "lateral_margin", "chest_wall", "subdiaphragm", "base_behind_heart"})
+                           "perihilar", "lateral_margin", "chest_wall", "subdiaphragm", "base_behind_heart",
+                           "hemithorax"})
 ZONE_REGIONS: dict[str, tuple[str, ...]] = {
     "upper": ("upper_zone",),
     "middle": ("middle_zone",),
@@ -43,6 +50,10 @@ ZONE_REGIONS: dict[str, tuple[str, ...]] = {
     "apical": ("apex",),
     "retrocardiac": ("retrocardiac",),
     "perihilar": ("perihilar",),
+    "lateral": ("lateral_margin",),
+    "pericardial": ("heart_border",),
+    "pleural": ("lateral_margin", "cp_angle", "apex"),
+    "rib": ("chest_wall",),
 }
 FALLBACK_REGIONS = ("lung", "heart")
 # A large collection reaches beyond its usual regions (an effusion climbs into the middle zone).
@@ -63,6 +74,7 @@ class RegionPrior:
     notes: list[str]
     laterality: str
     anatomy_quality: dict[str, Any] = field(default_factory=dict)
+    broad_field: list[str] = field(default_factory=list)  # findings whose rule is the broad field
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -83,7 +95,7 @@ def region_mask(anatomy: Anatomy, region: str, image_side: str | None, orientati
             return m[f"{region.split('_')[0]}_{image_side}"].copy()
         if region == "cp_angle":  # fluid fills the angle beyond the dark lung's outline
             return dilate(m[f"cp_angle_{image_side}"], 0.03 * size)
-        if region in ("apex", "hilum", "lateral_margin"):
+        if region in ("apex", "hilum", "lateral_margin", "hemithorax"):
             return m[f"{region}_{image_side}"].copy()
         if region == "perihilar":
             hilum = m[f"hilum_{image_side}"]
@@ -142,11 +154,18 @@ def _lateral_ring(lung: np.ndarray, image_side: str, width: float) -> np.ndarray
 
 
 def _base_band(lung: np.ndarray, half_height: float) -> np.ndarray:
-    """Band around the hemidiaphragm: within `half_height` rows of the lung's lowest pixel, per column."""
+    """Band around the hemidiaphragm: within `half_height` rows of the lung's lowest pixel, per column --
+    only in columns whose lowest pixel lies in the lung's lower part (the diaphragm). A column that ends
+    higher is the lateral chest wall or the apex's side; the band must not climb it."""
     h, w = lung.shape
     out = np.zeros((h, w), bool)
     has = lung.any(axis=0)
+    if not has.any():
+        return out
     lowest = np.where(has, h - 1 - np.argmax(lung[::-1], axis=0), -1)
+    rows = np.flatnonzero(lung.any(axis=1))
+    top, bottom = int(rows[0]), int(rows[-1])
+    has &= lowest >= bottom - 0.25 * (bottom - top + 1)
     rr = np.arange(h)[:, None]
     out[:, has] = (np.abs(rr - lowest[None, :]) <= half_height)[:, has]
     return out
@@ -196,18 +215,28 @@ def _union(anatomy: Anatomy, regions: tuple[str, ...], sides: list[str], orienta
     return out
 
 
+def _level_words(level: str) -> list[str]:
+    """'moderate to large' / 'mild-to-moderate' -> its single level words."""
+    return [w for w in re.split(r"[\s\-]+", level) if w and w != "to"]
+
+
 def _anatomy_finding(anatomy: Anatomy, spec: FindingSpec, info: FindingInfo, orientation: Orientation,
-                     notes: list[str], level_to: str | None = None) -> tuple[np.ndarray | None, str]:
+                     notes: list[str], level_to: str | None = None,
+                     operation: str = "add") -> tuple[np.ndarray | None, str]:
     """Boolean prior of one finding (None = no usable table entry) and a description of it."""
-    if not info.regions:
+    regions = info.regions_for(operation)
+    if not regions:
         return None, f"{spec.name}: no region table entry"
     sides = _image_sides(spec, orientation, notes)
-    regions = info.regions
     levels = {spec.severity or "", level_to or ""}
-    if any(word in LARGE_SEVERITIES for level in levels for word in level.split("-to-")):
+    if any(word in LARGE_SEVERITIES for level in levels for word in _level_words(level)):
         regions = regions + LARGE_EXTENSION.get(spec.name, ())
     base = _union(anatomy, regions, sides, orientation)
     described = f"{spec.name}: {', '.join(regions)} on {', '.join(sides)}"
+    if info.broad:
+        described += " (broad field: no specific region rule)"
+    if operation == "remove" and regions != info.regions:
+        described += " (remove: where the finding is, the hemithorax the diseased lung hides)"
     zones = [z for z in spec.location if z in ZONE_REGIONS]
     if zones and base.any():
         zone_regions = tuple(dict.fromkeys(r for z in zones for r in ZONE_REGIONS[z]))
@@ -225,7 +254,7 @@ def _anatomy_finding(anatomy: Anatomy, spec: FindingSpec, info: FindingInfo, ori
             notes.append(f"{spec.name}: location '{' '.join(zones)}' is outside the finding's usual regions; "
                          f"used the location's regions")
     if not base.any():
-        return None, f"{spec.name}: regions {', '.join(info.regions)} are empty on this image"
+        return None, f"{spec.name}: regions {', '.join(regions)} are empty on this image"
     return base, described
 
 
@@ -305,6 +334,7 @@ def build_prior(
         return anatomy
 
     per_finding: dict[str, np.ndarray] = {}
+    broad: list[str] = []
     fell_back = False
     for spec in parsed.findings:
         info = FINDINGS[spec.name]
@@ -321,10 +351,14 @@ def build_prior(
                 notes.append(f"{spec.name}: no paper mask {path.name} in {paper_dir}")
         if soft is None and source == "anatomy":
             binary, described = _anatomy_finding(get_anatomy(), spec, info, orientation, notes,
-                                                 parsed.level_to)
+                                                 parsed.level_to, parsed.operation)
             if binary is not None:
                 soft = _soften(binary)
                 regions.append(described)
+                if info.broad and spec.name not in broad:
+                    broad.append(spec.name)
+                    notes.append(f"{spec.name}: no typical place on a frontal radiograph; used the broad field "
+                                 f"({', '.join(info.regions)})")
             else:
                 notes.append(described)
         if soft is None:  # fallback: the whole lung and heart field, recorded
@@ -341,4 +375,4 @@ def build_prior(
     mask = np.maximum.reduce(list(per_finding.values())).astype(np.float32)
     final: PriorSource = "fallback" if fell_back else source
     return RegionPrior(mask, per_finding, final, regions, notes, laterality,
-                       dict(anatomy.quality) if anatomy is not None else {})
+                       dict(anatomy.quality) if anatomy is not None else {}, broad)

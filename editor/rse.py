@@ -2,7 +2,12 @@
 
 Read `rse_denoise` top to bottom like diffusers' `StableDiffusionInstructPix2PixPipeline.__call__`:
 with `latent_mask=None` (plain IP2P) and `start="noise"` it performs exactly the same tensor operations
-in the same order, so it reproduces that pipeline bit for bit on the same components and seed.
+in the same order, so it reproduces that pipeline bit for bit on the same components and seed (in
+float32; give the pipeline the same pinned scheduler).
+
+Precision (as the research code): the UNet runs in its own dtype (float16 on CUDA for the research
+profile), but the latent state, the guidance arithmetic and the scheduler step stay float32 -- the
+UNet's inputs are cast down at the call and its prediction cast back up.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ def encode_text(tokenizer: Any, text_encoder: Any, texts: list[str], device: tor
     return hidden.to(dtype=text_encoder.dtype, device=device)
 
 
+def predict_noise(unet: Any, model_input: torch.Tensor, t: Any, embeddings: torch.Tensor) -> torch.Tensor:
+    """One UNet pass in the UNet's dtype; the prediction comes back as float32 (the latent state's)."""
+    import torch
+
+    dtype = unet.dtype
+    out = unet(model_input.to(dtype), t, encoder_hidden_states=embeddings.to(dtype), return_dict=False)[0]
+    return out.to(torch.float32)
+
+
 def rse_denoise(
     unet: Any,
     scheduler: Any,
@@ -44,32 +58,35 @@ def rse_denoise(
     generator: torch.Generator,
     step_callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Run the DDIM loop; return the final latents (scaled, ready for `vae.decode(lat / sf)`)."""
+    """Run the DDIM loop; return the final latents (float32, scaled, ready for `vae.decode(lat / sf)`)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    # 1. Timesteps (990 ... 0 for 100 steps of a 1000-step schedule with steps_offset 1 ... as configured).
+    # 1. Timesteps: 991 ... 1 for 100 steps of the pinned 1000-step schedule (steps_offset 1).
     scheduler.set_timesteps(steps, device=image_latents.device)
     timesteps = scheduler.timesteps
 
     # 2. Image conditioning for the 3-way batch: [image, image, zeros] (text / image / unconditional).
+    image_latents = image_latents.float()
+    source_latents = source_latents.float()
     image_cond = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
 
-    # 3. Initial latents from ONE seeded noise tensor n, also used for every blend below.
+    # 3. Initial latents from ONE seeded noise tensor n (float32), also used for every blend below.
     noise = randn_tensor(source_latents.shape, generator=generator, device=source_latents.device,
-                         dtype=prompt_embeds.dtype)
+                         dtype=torch.float32)
     if start == "noise":  # diffusers' pipeline: pure noise
         latents = noise * scheduler.init_noise_sigma
     else:  # research code: the original noised to the first timestep
         latents = scheduler.add_noise(source_latents, noise, timesteps[:1])
 
+    latent_mask = None if latent_mask is None else latent_mask.float()
     keep_mask = None if latent_mask is None else 1.0 - latent_mask
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             # 4. One UNet pass on the batch of 3, latents concatenated with the image conditioning.
             model_input = scheduler.scale_model_input(torch.cat([latents] * 3), t)
             model_input = torch.cat([model_input, image_cond], dim=1)
-            noise_pred = unet(model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            noise_pred = predict_noise(unet, model_input, t, prompt_embeds)
 
             # 5. Dual classifier-free guidance: eps_u + s_T (eps_t - eps_i) + s_I (eps_i - eps_u).
             eps_text, eps_image, eps_uncond = noise_pred.chunk(3)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from editor.profiles import PROJECT_PROFILE
+
 TINY_MODEL_ID = "x2x-tiny-random-fixture"
 
 # CLIP's reversible byte -> printable-unicode map (as in GPT-2/CLIP BPE), so a byte-level
@@ -61,12 +63,7 @@ def write_byte_tokenizer(folder: Path) -> None:
 def init_tiny_model(out_dir: str | Path, *, seed: int = 0, sample_size: int = 64) -> Path:
     """Write a tiny random IP2P diffusers folder to `out_dir` (deterministic for `seed`)."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionInstructPix2PixPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out = Path(out_dir)
@@ -115,15 +112,9 @@ def init_tiny_model(out_dir: str | Path, *, seed: int = 0, sample_size: int = 64
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    from editor.model import research_scheduler
+
+    scheduler = research_scheduler()
     # Models built in code start in training mode; save them in eval mode so reloads agree.
     for module in (unet, vae, text_encoder):
         module.eval()
@@ -145,6 +136,9 @@ def init_tiny_model(out_dir: str | Path, *, seed: int = 0, sample_size: int = 64
                 "kind": "fixture",
                 "seed": seed,
                 "resolution": sample_size * 8,
+                # Random weights were never trained on anything: keep the project's own way of feeding
+                # images (display window, aspect kept) so its tests exercise that path.
+                "input_profile": PROJECT_PROFILE.name,
                 "warning": "Random weights. Edits are meaningless noise. For tests only, never for patients.",
             },
             indent=2,

@@ -79,8 +79,8 @@ class EditParams:
     paper_prior_dir: str | None = _knob(None, "folder of pseudo_mask_<Finding>.npy for prior = paper")
     mask_cleanup: bool = _knob(True, "small morphological opening/closing of the binary mask")
     feather_px: int = _knob(4, "inward feathering of the mask edge at native resolution (pixels)", ge=0)
-    resolution: int | None = _knob(None, "model grid's shorter side; unset = the model's own",
-                                   ge=64, multiple_of=8)
+    resolution: int | None = _knob(None, "model grid's shorter side (the square's side for the research "
+                                   "input profile); unset = the model's own", ge=64, multiple_of=8)
 
     def __post_init__(self) -> None:
         problems = [p for f in dataclasses.fields(self) if (p := _check(f, getattr(self, f.name)))]
@@ -150,11 +150,18 @@ class EditResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     provenance: dict[str, Any] = field(default_factory=dict)  # laterality, regions, notes, ...
     source_display: np.ndarray | None = None  # float32 [0,1] native display image (for overlays)
+    # What the text encoder saw: the instruction as written, whitespace normalised (== provenance["prompt"]).
+    prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            self.prompt = self.instruction.prompt
 
     def summary(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-serialisable (result.json)."""
         return {
             "instruction": self.instruction.canonical(),
+            "prompt": self.prompt,
             "parsed_instruction": self.instruction.to_dict(),
             "prior_source": self.prior_source,
             "coverage": self.coverage,

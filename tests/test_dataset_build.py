@@ -40,9 +40,10 @@ QUESTIONS: list[tuple[str, str, str, str, str]] = [
     ("50000002", "", "difference", "what has changed?", ADD_REMOVE_CHANGE),  # no past study
     ("50000005", "50000001", "difference", "what has changed?", "nothing has changed."),
     ("50000006", "50000001", "difference", "what has changed?",
-     "the main image has additional findings of gastric distention than the reference image."),
+     "the main image has additional findings of foreign body than the reference image."),
+    # one known and one unknown finding: the whole pair goes (edema alone would be label noise)
     ("50000006", "50000005", "difference", "what has changed?",
-     "the main image has additional findings of edema, and gastric distention than the reference image."),
+     "the main image has additional findings of edema, and foreign body than the reference image."),
     ("50000003", "50000001", "difference", "what has changed?", ADD_REMOVE_CHANGE),  # lateral only
     ("50000004", "50000001", "difference", "what has changed?", ADD_REMOVE_CHANGE),  # missing image
     ("50000099", "50000001", "difference", "what has changed?", ADD_REMOVE_CHANGE),  # not in metadata
@@ -58,7 +59,7 @@ QUESTIONS: list[tuple[str, str, str, str, str]] = [
     ("50000002", "50000001", "abnormality", "what abnormalities are seen in this image?", "edema"),
 ]
 DROP_EXPECTED = {
-    "no_past_study": 1, "duplicate_pair": 1, "unparsed_answer": 1, "no_difference": 1, "unknown_finding": 1,
+    "no_past_study": 1, "duplicate_pair": 1, "unparsed_answer": 1, "no_difference": 1, "unknown_finding": 2,
     "unknown_level": 1, "study_not_in_metadata": 1, "lateral_only": 1, "missing_image": 1, "no_split": 1,
 }
 
@@ -111,24 +112,32 @@ def test_answer_parser_forms() -> None:
     assert parse_difference_answer("nothing has changed.").nothing_changed
     one = parse_difference_answer("the main image has an additional finding of enlargement of the cardiac "
                                   "silhouette than the reference image.")
-    assert [s.name for s in one.added] == ["enlarged cardiac silhouette"]  # synonym -> canonical name
-    unk = parse_difference_answer("the main image has additional findings of edema, and gastric distention "
+    assert [s.name for s in one.added] == ["enlargement of the cardiac silhouette"]  # the research spelling
+    syn = parse_difference_answer("the main image has additional findings of enlarged cardiac silhouette, and "
+                                  "gastric distention than the reference image.")
+    assert [s.name for s in syn.added] == ["enlargement of the cardiac silhouette", "gastric distention"]
+    unk = parse_difference_answer("the main image has additional findings of edema, and foreign body "
                                   "than the reference image.")
-    assert [s.name for s in unk.added] == ["edema"] and unk.unknown_findings == ["gastric distention"]
+    assert [s.name for s in unk.added] == ["edema"] and unk.unknown_findings == ["foreign body"]
     lvl = parse_difference_answer("the level of pleural effusion has changed from small to humongous.")
     assert lvl.empty and lvl.unknown_levels == ["small to humongous"]
+    # MIMIC-Diff-VQA's multi-word and adverb levels
+    multi = parse_difference_answer("the level of pleural effusion has changed from moderate to large to small.")
+    assert [(c.level_from, c.level_to) for c in multi.changes] == [("moderate to large", "small")]
+    adverb = parse_difference_answer("the level of edema has changed from mildly to moderately.")
+    assert [(c.level_from, c.level_to) for c in adverb.changes] == [("mildly", "moderately")]
 
 
 def test_build_v1_rules_and_drop_reasons(mimic: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    stats = build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], out, split_file=mimic["split"])
+    stats = build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], out, split_file=mimic["split"],
+                          v2=False)
     rows = read_samples(out, split=None)
     got = {(r.current_dicom_id, r.past_dicom_id, r.instruction, r.split) for r in rows}
-    assert got == {
+    assert got == {  # the pair (d6-ap, d5-pa) with an unknown finding is dropped whole
         ("d2-b-pa", "d1-frontal", "Add the findings of edema and pleural effusion.", "train"),
         ("d2-b-pa", "d1-frontal", "Remove the finding of atelectasis.", "train"),
         ("d2-b-pa", "d1-frontal", "Change the level of cardiomegaly from mild to moderate.", "train"),
-        ("d6-ap", "d5-pa", "Add the finding of edema.", "test"),  # unknown 'gastric distention' dropped
     }
     for r in rows:  # the editor's own grammar reads every instruction back unchanged
         assert parse_instruction(r.instruction).canonical() == r.instruction
@@ -136,17 +145,18 @@ def test_build_v1_rules_and_drop_reasons(mimic: dict[str, Path], tmp_path: Path)
     assert header == "split,current_dicom_id,past_dicom_id,instruction"
     saved = json.loads((out / "stats.json").read_text())
     assert saved["dropped"] == DROP_EXPECTED
-    assert saved["per_operation"] == {"add": 2, "remove": 1, "change": 1}
-    assert saved["per_finding"]["add"] == {"edema": 2, "pleural effusion": 1}
-    assert saved["unknown_findings"] == {"gastric distention": 2}
-    assert saved["pairs_kept"] == 2 and saved["rows_written"] == 4 == stats.rows_written
+    assert saved["per_operation"] == {"add": 1, "remove": 1, "change": 1}
+    assert saved["per_finding"]["add"] == {"edema": 1, "pleural effusion": 1}
+    assert saved["unknown_findings"] == {"foreign body": 2}
+    assert saved["pairs_dropped_by_unknown_finding"] == {"foreign body": 2}
+    assert saved["pairs_kept"] == 1 and saved["rows_written"] == 3 == stats.rows_written
     assert saved["difference_rows"] == 12 and saved["input_rows"] == len(QUESTIONS)
     assert not (out / "images").exists()
 
 
 def test_build_v2_location_and_severity(mimic: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "ds2"
-    build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], out, split_file=mimic["split"], v2=True)
+    build_dataset(mimic["questions"], mimic["metadata"], mimic["root"], out, split_file=mimic["split"])  # v2 default
     rows = [r for r in read_samples(out, split=None) if r.current_dicom_id == "d2-b-pa"]
     got = {(r.instruction, r.location, r.severity) for r in rows}
     assert got == {
@@ -196,10 +206,16 @@ def test_cli_dataset_build(mimic: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, [
         "dataset", "build", "--questions", str(mimic["questions"]), "--metadata", str(mimic["metadata"]),
-        "--jpg-root", str(mimic["root"]), "--split-file", str(mimic["split"]), "--out", str(out), "--v2"])
+        "--jpg-root", str(mimic["root"]), "--split-file", str(mimic["split"]), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "lateral_only" in result.output and "wrote 5 rows" in result.output  # v2: one finding per row
-    assert len(read_samples(out, split=None)) == 5
+    assert "lateral_only" in result.output and "wrote 4 rows" in result.output  # v2 by default: one per row
+    assert len(read_samples(out, split=None)) == 4
+    assert (out / "instructions.csv").read_text().splitlines()[0].endswith(",location,severity")
+    v1 = CliRunner().invoke(app, [
+        "dataset", "build", "--questions", str(mimic["questions"]), "--metadata", str(mimic["metadata"]),
+        "--jpg-root", str(mimic["root"]), "--split-file", str(mimic["split"]), "--out", str(tmp_path / "v1"),
+        "--v1"])
+    assert v1.exit_code == 0 and "wrote 3 rows" in v1.output
     bad = CliRunner().invoke(app, [
         "dataset", "build", "--questions", str(mimic["questions"]), "--metadata", str(mimic["metadata"]),
         "--jpg-root", str(mimic["root"]), "--out", str(tmp_path / "bad")])

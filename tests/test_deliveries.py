@@ -65,38 +65,38 @@ def _job(node: NodeProcess, job_id: int) -> dict:
 def test_a_second_destination_is_served_without_re_editing_and_none_twice(
     tmp_path: Path, tiny_model_dir: Path, chest_cr_path: Path
 ) -> None:
-    with Orthanc(tmp_path / "pacs") as pacs, Orthanc(tmp_path / "web", ae_title="WEBPACS") as web:
-        with run_node(tmp_path, _config(pacs, web.dicomweb_url), model_dir=tiny_model_dir) as node:
-            assert storescu(node.port, chest_cr_path, called_ae="X2X_PACS").returncode == 0
-            (job,) = node.wait_for_jobs(1, timeout=120)
-            node.wait_for(lambda: _job(node, job["id"])["state"] == "done", 300, "job done")
-            assert _deliveries(node, job["id"])["pacs"]["state"] == "delivered"
-            assert pacs.instance_count() == 5 and web.instance_count() == 0
-            encoded = node.var_dir / "results" / str(job["id"]) / "counterfactual.dcm"
-            encoded_at = encoded.stat().st_mtime_ns
-            edited = json.loads(_job(node, job["id"])["timings"])["edit_s"]
+    with Orthanc(tmp_path / "pacs") as pacs, Orthanc(tmp_path / "web", ae_title="WEBPACS") as web, \
+            run_node(tmp_path, _config(pacs, web.dicomweb_url), model_dir=tiny_model_dir) as node:
+        assert storescu(node.port, chest_cr_path, called_ae="X2X_PACS").returncode == 0
+        (job,) = node.wait_for_jobs(1, timeout=120)
+        node.wait_for(lambda: _job(node, job["id"])["state"] == "done", 300, "job done")
+        assert _deliveries(node, job["id"])["pacs"]["state"] == "delivered"
+        assert pacs.instance_count() == 5 and web.instance_count() == 0
+        encoded = node.var_dir / "results" / str(job["id"]) / "counterfactual.dcm"
+        encoded_at = encoded.stat().st_mtime_ns
+        edited = json.loads(_job(node, job["id"])["timings"])["edit_s"]
 
-            # the same study to the AE whose rule names the STOW-RS destination: same job, a new delivery
-            assert storescu(node.port, chest_cr_path, called_ae="X2X_WEB").returncode == 0
-            node.wait_for(lambda: _deliveries(node, job["id"]).get("web", {}).get("state") == "delivered",
-                          300, "delivery to web")
-            node.wait_for(lambda: _job(node, job["id"])["state"] == "done", 60, "job done again")
-            assert len(node.jobs()) == 1, "one edit per key"
-            assert encoded.stat().st_mtime_ns == encoded_at, "the objects were not made again"
-            assert json.loads(_job(node, job["id"])["timings"])["edit_s"] == edited
-            assert web.instance_count() == 5
-            assert "delivering without re-editing" in node.log_text()
+        # the same study to the AE whose rule names the STOW-RS destination: same job, a new delivery
+        assert storescu(node.port, chest_cr_path, called_ae="X2X_WEB").returncode == 0
+        node.wait_for(lambda: _deliveries(node, job["id"]).get("web", {}).get("state") == "delivered",
+                      300, "delivery to web")
+        node.wait_for(lambda: _job(node, job["id"])["state"] == "done", 60, "job done again")
+        assert len(node.jobs()) == 1, "one edit per key"
+        assert encoded.stat().st_mtime_ns == encoded_at, "the objects were not made again"
+        assert json.loads(_job(node, job["id"])["timings"])["edit_s"] == edited
+        assert web.instance_count() == 5
+        assert "delivering without re-editing" in node.log_text()
 
-            # both again: nothing is delivered twice
-            for called in ("X2X_PACS", "X2X_WEB"):
-                assert storescu(node.port, chest_cr_path, called_ae=called).returncode == 0
-            node.wait_for(lambda: len(node.study_instances()) >= 1 and not node._rows(
-                "SELECT 1 FROM studies WHERE state = 'receiving'"), 60, "studies processed")
-            time.sleep(2.0)
-            deliveries = _deliveries(node, job["id"])
-            assert {name: (d["state"], d["attempts"]) for name, d in deliveries.items()} == {
-                "pacs": ("delivered", 1), "web": ("delivered", 1)}
-            assert node.log_text().count("objects delivered to") == 2
+        # both again: nothing is delivered twice
+        for called in ("X2X_PACS", "X2X_WEB"):
+            assert storescu(node.port, chest_cr_path, called_ae=called).returncode == 0
+        node.wait_for(lambda: len(node.study_instances()) >= 1 and not node._rows(
+            "SELECT 1 FROM studies WHERE state = 'receiving'"), 60, "studies processed")
+        time.sleep(2.0)
+        deliveries = _deliveries(node, job["id"])
+        assert {name: (d["state"], d["attempts"]) for name, d in deliveries.items()} == {
+            "pacs": ("delivered", 1), "web": ("delivered", 1)}
+        assert node.log_text().count("objects delivered to") == 2
 
 
 @contextmanager

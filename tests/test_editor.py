@@ -292,3 +292,122 @@ def test_relevance_is_seeded_and_k_samples_average(editor: Editor) -> None:
     assert not np.array_equal(one, relevance(5, 1))
     averaged = relevance(4, 3)
     assert averaged.min() == 0.0 and averaged.max() == 1.0 and not np.array_equal(averaged, one)
+
+
+# ------------------------------------------------------------------ prompt as written, profile, progress
+
+RESEARCH_31 = (
+    "fracture", "thymoma", "tortuosity of the descending aorta", "blunting of the costophrenic angle",
+    "atelectasis", "hilar congestion", "hernia", "cardiomegaly", "consolidation", "pleural effusion",
+    "tortuosity of the thoracic aorta", "vascular congestion", "pleural thickening", "granuloma",
+    "lung opacity", "contusion", "hypertensive heart disease", "heart failure", "gastric distention",
+    "pneumomediastinum", "calcification", "infection", "air collection", "pneumonia",
+    "enlargement of the cardiac silhouette", "edema", "emphysema", "scoliosis", "hypoxemia", "hematoma",
+    "pneumothorax",
+)
+
+
+def test_every_research_name_is_edited_with_the_prompt_as_written(editor: Editor) -> None:
+    src = _source(64, 64)
+    one_step = EditParams(steps=1, prior="none", resolution=64)
+    for name in RESEARCH_31:
+        text = f"Add the finding of {name}."
+        result = editor.edit(src, text, seed=0, params=one_step)
+        assert result.instruction.finding_names == (name,)
+        assert result.prompt == text and result.provenance["prompt"] == text, name
+        assert result.summary()["prompt"] == text
+
+
+def test_the_text_encoder_sees_the_written_instruction_not_the_canonical_one(editor: Editor) -> None:
+    from editor.instructions import parse_instruction
+
+    src = _source(64, 64)
+    params = EditParams(steps=1, prior="none", resolution=64)
+    written = "Add the finding of  pneumonia in the right lower lobe."
+    as_written = editor.edit(src, written, seed=2, params=params)
+    assert as_written.prompt == "Add the finding of pneumonia in the right lower lobe."  # whitespace only
+    canonical = parse_instruction(written).canonical()
+    assert canonical == "Add the finding of right lower pneumonia."
+    as_canonical = editor.edit(src, canonical, seed=2, params=params)
+    assert as_written.instruction == as_canonical.instruction  # the same parse drives the prior ...
+    assert not np.array_equal(as_written.relevance, as_canonical.relevance)  # ... but another prompt
+    again = editor.edit(src, parse_instruction(written), seed=2, params=params)  # a parse keeps its text
+    assert again.prompt == as_written.prompt and np.array_equal(again.relevance, as_written.relevance)
+
+
+def test_step_callback_reports_every_denoising_step(editor: Editor) -> None:
+    seen: list[int] = []
+    editor.edit(_source(), PROMPT, seed=0, params=EditParams(steps=3, prior="none", resolution=64),
+                step_callback=seen.append)
+    assert seen == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def research_editor(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Editor:
+    """The tiny model as the published checkpoint comes: no x2x_model.json, so the research profile."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("published") / "instructx2x"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "x2x_model.json").unlink()
+    return Editor.from_pretrained(folder, device="cpu")
+
+
+def test_undeclared_folder_is_fed_as_the_research_checkpoint_was_trained(research_editor: Editor) -> None:
+    assert research_editor.model.profile.name == "research"
+    src = _source(300, 260)  # portrait, not a multiple of 8
+    result = research_editor.edit(src, PROMPT, seed=1, params=EditParams(steps=2, tau=0.05, prior="none",
+                                                                         resolution=256))
+    prov = result.provenance
+    assert prov["model_shape"] == [256, 256]  # squashed square, aspect ignored
+    assert prov["input_profile"]["profile"] == "research"
+    assert "histogram equalisation" in prov["input_profile"]["intensity"]["kind"]
+    assert prov["scheduler"]["name"].startswith("CompVis/stable-diffusion-v1-4 DDIM")
+    assert prov["precision"]["latents"] == "float32"
+    assert result.mask.any() and result.counterfactual.shape == src.shape
+    outside = ~result.mask
+    assert np.array_equal(result.counterfactual[outside], src.pixels[outside])  # bit-identical
+    assert set(prov["prior_vs_relevance"]) >= {"prior_pixels", "relevance_at_least_tau", "removed_by_relevance"}
+
+
+@pytest.mark.slow
+def test_x2x_edit_shows_step_progress_on_a_terminal_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    from PIL import Image
+
+    png = tmp_path / "chest.png"
+    Image.fromarray(np.rint(_test_image(64, 64) * 255).astype(np.uint8)).save(png)
+    cmd = [sys.executable, "-m", "dicom_node.cli", "edit", str(png), "-i", PROMPT, "--model", str(tiny_model_dir),
+           "--steps", "3", "--device", "cpu", "--prior", "none"]
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read the terminal while the command runs (a full pty would block it)
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed its end and everything was read
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run([*cmd, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=slave,
+                              timeout=300, env={**os.environ, "COLUMNS": "100"})
+    finally:
+        os.close(slave)
+        reader.join(timeout=30)
+        os.close(master)
+    assert proc.returncode == 0, proc.stdout
+    assert b"denoising" in b"".join(chunks)  # a progress bar on the terminal
+    piped = subprocess.run([*cmd, "--out", str(tmp_path / "pipe")], capture_output=True, timeout=300)
+    assert piped.returncode == 0 and b"denoising" not in piped.stderr  # nothing in logs and pipes
+    assert b"SYNTHETIC edit 'Add the finding of pleural effusion.'" in piped.stdout

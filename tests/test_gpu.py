@@ -35,11 +35,38 @@ def test_edit_on_cuda_is_deterministic_and_keeps_outside_pixels(
     outside = ~a.mask
     assert np.array_equal(a.counterfactual[outside], src.pixels[outside])
     assert a.provenance["device"].startswith("cuda")
+    assert a.provenance["precision"] == {"unet": dtype, "latents": "float32", "relevance": "float32"}
 
 
-def test_auto_dtype_on_cuda_is_reduced_precision(tiny_model_dir: Path) -> None:
+def test_auto_dtype_on_cuda_is_float16_for_both_profiles(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
     from editor import Editor
 
     editor = Editor.from_pretrained(tiny_model_dir, device="auto", dtype="auto")
     assert editor.model.device.type == "cuda"
-    assert str(editor.model.dtype) in ("torch.bfloat16", "torch.float16")
+    assert editor.model.profile.name == "windowed-aspect" and str(editor.model.dtype) == "torch.float16"
+    published = tmp_path / "published"  # no x2x_model.json: the research profile
+    shutil.copytree(tiny_model_dir, published)
+    (published / "x2x_model.json").unlink()
+    research = Editor.from_pretrained(published, device="auto", dtype="auto")
+    assert research.model.profile.name == "research" and str(research.model.dtype) == "torch.float16"
+
+
+def test_relevance_in_float16_on_cuda_tracks_float32() -> None:
+    from editor import Editor, EditParams
+    from editor.demo import demo_model_path
+
+    demo = demo_model_path()
+    assert demo is not None
+    half = Editor.from_pretrained(demo, device="cuda", dtype="float16")
+    full = Editor.from_pretrained(demo, device="cuda", dtype="float32")
+    image = torch.zeros((1, 3, 128, 128))
+    image[..., 40:100, 20:60] = 0.5
+    zeros = np.zeros((128, 128), np.float32)  # relevance only: an empty mask skips the denoising
+    for seed in range(3):
+        a = full.edit_model_grid(image, "Add the finding of left pleural effusion.", zeros, seed=seed,
+                                 params=EditParams()).relevance_latent
+        b = half.edit_model_grid(image, "Add the finding of left pleural effusion.", zeros, seed=seed,
+                                 params=EditParams()).relevance_latent
+        assert float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) >= 0.99

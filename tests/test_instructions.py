@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from editor.instructions import (
+    LEVEL_WORDS,
     LOCATION_WORDS,
     SEVERITY_WORDS,
     FindingSpec,
@@ -16,7 +17,93 @@ from editor.instructions import (
     ParsedInstruction,
     parse_instruction,
 )
-from editor.vocabulary import FINDINGS, REGION_NAMES, lookup_finding
+from editor.vocabulary import FINDINGS, REGION_NAMES, RESEARCH_FINDINGS, lookup_finding
+
+# The research code's 31 names (its VALID_CATEGORIES), as the issue lists them.
+RESEARCH_31 = (
+    "fracture", "thymoma", "tortuosity of the descending aorta", "blunting of the costophrenic angle",
+    "atelectasis", "hilar congestion", "hernia", "cardiomegaly", "consolidation", "pleural effusion",
+    "tortuosity of the thoracic aorta", "vascular congestion", "pleural thickening", "granuloma",
+    "lung opacity", "contusion", "hypertensive heart disease", "heart failure", "gastric distention",
+    "pneumomediastinum", "calcification", "infection", "air collection", "pneumonia",
+    "enlargement of the cardiac silhouette", "edema", "emphysema", "scoliosis", "hypoxemia", "hematoma",
+    "pneumothorax",
+)
+MIMIC_DIFF_VQA_LEVELS = (
+    "moderately", "moderate", "acute", "mildly", "mild", "small", "severe", "moderate to large",
+    "moderate to severe", "mild to moderate", "minimal", "subtle", "massive", "minimally", "increasing",
+    "decreasing", "minor",
+)
+MIMIC_DIFF_VQA_LOCATIONS = (
+    "mid to lower", "left", "right", "retrocardiac", "pericardial", "bibasilar", "bilateral", "basilar",
+    "apicolateral", "basal", "left-sided", "right-sided", "lobe", "lung", "area", "base", "apical", "pleural",
+    "upper", "lower", "middle", "mid", "rib",
+)
+
+
+@pytest.mark.parametrize("name", RESEARCH_31)
+def test_every_research_name_is_canonical_and_the_prompt_is_as_written(name: str) -> None:
+    text = f"Add the finding of {name}."
+    p = parse_instruction(text)
+    assert p.finding_names == (name,)  # accepted verbatim, never rewritten
+    assert p.prompt == text and p.text == text
+    assert FINDINGS[name].research and FINDINGS[name].regions  # every finding has a region rule
+    assert set(RESEARCH_31) == set(RESEARCH_FINDINGS)
+
+
+def test_prompt_is_the_written_instruction_whitespace_normalised() -> None:
+    p = parse_instruction("  Add the finding of   pneumonia in the\tright lower lobe.  ")
+    assert p.prompt == "Add the finding of pneumonia in the right lower lobe."
+    assert p.canonical() == "Add the finding of right lower pneumonia."  # the parse, not the prompt
+    assert p == parse_instruction(p.canonical())  # equality ignores the wording
+    assert ParsedInstruction.from_dict(json.loads(json.dumps(p.to_dict()))).prompt == p.prompt
+    assert ParsedInstruction.add("edema").prompt == "Add the finding of edema."  # built, not written
+
+
+@pytest.mark.parametrize("level", MIMIC_DIFF_VQA_LEVELS)
+def test_mimic_diff_vqa_level_words(level: str) -> None:
+    assert level in LEVEL_WORDS
+    p = parse_instruction(f"Add the finding of {level} left pleural effusion.")
+    assert p.findings[0].severity == level and p.findings[0].location == ("left",)
+    c = parse_instruction(f"Change the level of pleural effusion from {level} to small.")
+    assert (c.level_from, c.level_to) == (level, "small")
+    c = parse_instruction(f"Change the level of pleural effusion from small to {level}.")
+    assert (c.level_from, c.level_to) == ("small", level)
+    assert parse_instruction(c.canonical()) == c
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [("moderate to large to small", ("moderate to large", "small")),
+     ("small to moderate to large", ("small", "moderate to large")),
+     ("mild to moderate to severe", None),  # two known readings: ambiguous
+     ("moderate to severe to mild", ("moderate to severe", "mild"))],
+)
+def test_multi_word_levels_inside_from_a_to_b(levels: str, expected: tuple[str, str] | None) -> None:
+    text = f"Change the level of edema from {levels}."
+    if expected is None:
+        with pytest.raises(InstructionError, match="ambiguous"):
+            parse_instruction(text)
+        return
+    p = parse_instruction(text)
+    assert (p.level_from, p.level_to) == expected
+    assert parse_instruction(p.canonical()) == p
+
+
+@pytest.mark.parametrize("word", MIMIC_DIFF_VQA_LOCATIONS)
+def test_mimic_diff_vqa_location_words(word: str) -> None:
+    p = parse_instruction(f"Add the finding of {word} atelectasis.")
+    assert p.finding_names == ("atelectasis",)
+    assert parse_instruction(p.canonical()) == p
+
+
+def test_location_ranges_and_new_places() -> None:
+    assert parse_instruction("Add the finding of atelectasis in the mid to lower lung.").findings[0].location == (
+        "middle", "lower")
+    assert parse_instruction("Add the finding of apicolateral pneumothorax.").findings[0].location == (
+        "apical", "lateral")
+    assert parse_instruction("Add the finding of right rib fracture.").findings[0].location == ("right", "rib")
+    assert parse_instruction("Add the finding of left-sided pleural effusion.").findings[0].location == ("left",)
 
 
 def test_add_single_finding() -> None:
@@ -46,7 +133,7 @@ def test_remove_and_change() -> None:
         ("Add the finding of bilateral pleural effusion.", ("bilateral",), None),
         ("Add the finding of bibasilar atelectasis.", ("bilateral", "base"), None),
         ("Add the finding of mild to moderate pleural effusion at the left base.", ("left", "base"),
-         "mild-to-moderate"),
+         "mild to moderate"),
         ("Add the finding of retrocardiac atelectasis", ("retrocardiac",), None),
     ],
 )
@@ -59,7 +146,10 @@ def test_v2_location_and_severity(text: str, location: tuple[str, ...], severity
 
 def test_cardiomegaly_and_enlarged_cardiac_silhouette_stay_separate() -> None:
     p = parse_instruction("Remove the findings of enlargement of the cardiac silhouette and cardiomegaly.")
-    assert p.finding_names == ("enlarged cardiac silhouette", "cardiomegaly")
+    assert p.finding_names == ("enlargement of the cardiac silhouette", "cardiomegaly")
+    # the research spelling is canonical; the short form is a synonym of it, never the other way
+    assert parse_instruction("Add the finding of enlarged cardiac silhouette.").finding_names == (
+        "enlargement of the cardiac silhouette",)
 
 
 def test_plural_maps_but_misspelling_errors_with_suggestion() -> None:
@@ -107,8 +197,9 @@ def test_grammar_suggestion_for_near_miss() -> None:
 
 def test_compound_levels_unambiguous_with_hyphens() -> None:
     p = parse_instruction("Change the level of edema from mild-to-moderate to severe.")
-    assert (p.level_from, p.level_to) == ("mild-to-moderate", "severe")
+    assert (p.level_from, p.level_to) == ("mild to moderate", "severe")
     assert parse_instruction(p.canonical()) == p
+    assert p.canonical() == "Change the level of edema from mild-to-moderate to severe."  # spaced is ambiguous
 
 
 def test_constructors_and_dict_round_trip() -> None:

@@ -94,3 +94,54 @@ def test_save_model_folder_keeps_the_model_id_and_reloads(tiny_model_dir: Path, 
     reloaded = load_model(out, device="cpu")
     for name, tensor in model.unet.state_dict().items():
         assert torch.equal(tensor, reloaded.unet.state_dict()[name]), name
+
+
+# --- input profile, pinned scheduler, precision ------------------------------------------------------
+
+
+def test_input_profile_is_declared_by_the_folder_and_defaults_to_research(tiny_model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from editor.demo import demo_model_path
+
+    assert describe_model(tiny_model_dir).input_profile == "windowed-aspect"  # init-tiny declares it
+    demo = demo_model_path()
+    assert demo is not None and describe_model(demo).input_profile == "windowed-aspect"
+    published = tmp_path / "published"  # a diffusers folder as the authors ship it: no x2x_model.json
+    shutil.copytree(tiny_model_dir, published)
+    (published / "x2x_model.json").unlink()
+    assert describe_model(published).input_profile == "research"
+    (published / "x2x_model.json").write_text(json.dumps({"model_id": "instructx2x-v2"}))
+    assert describe_model(published).input_profile == "research"  # an id alone declares no profile
+    (published / "x2x_model.json").write_text(json.dumps({"input_profile": "no-such-profile"}))
+    with pytest.raises(ModelLoadError, match="input_profile"):
+        describe_model(published)
+
+
+def test_scheduler_is_pinned_to_the_research_ddim_config(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "odd-scheduler"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg_path = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["clip_sample"]  # diffusers' default for a missing key is True: x0 clipping silently on
+    cfg.update(steps_offset=0, set_alpha_to_one=True)
+    cfg_path.write_text(json.dumps(cfg))
+    model = load_model(folder, device="cpu")
+    config = model.scheduler.config
+    assert (config.clip_sample, config.steps_offset, config.set_alpha_to_one) == (False, 1, False)
+    assert (config.beta_schedule, config.beta_start, config.beta_end) == ("scaled_linear", 0.00085, 0.012)
+    assert any("clip_sample" in n for n in model.scheduler_notes)
+    assert any(n.startswith("steps_offset") for n in model.scheduler_notes)
+    sched = type(model.scheduler).from_config(model.scheduler.config)
+    sched.set_timesteps(100)
+    assert sched.timesteps.tolist() == list(range(991, 0, -10))  # 991 ... 1
+
+
+def test_research_profile_runs_float16_on_cuda_by_default() -> None:
+    import torch
+
+    from editor.profiles import PROJECT_PROFILE, RESEARCH_PROFILE
+
+    # no GPU needed: the research profile never asks the device about bfloat16
+    assert resolve_dtype("auto", torch.device("cuda"), RESEARCH_PROFILE) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cuda"), RESEARCH_PROFILE) == torch.bfloat16  # by choice
+    assert resolve_dtype("auto", torch.device("cpu"), PROJECT_PROFILE) == torch.float32

@@ -252,3 +252,48 @@ def test_real_chest_cr_round_trip(chest_cr_path: Path) -> None:
     assert lungs.mean() < spine.mean() - 0.1
     orientation = Orientation.from_source(src)
     assert orientation.patient_left_on_image_right and "L\\F" in orientation.provenance
+
+
+# --- input profiles: the research checkpoint's square, histogram-equalised input and its inverse --------
+
+
+def test_research_grid_is_square_whatever_the_aspect() -> None:
+    assert GridTransform.for_shape((1955, 1841), 512, square=True).model_shape == (512, 512)
+    assert GridTransform.for_shape((300, 200), 64, square=True).model_shape == (64, 64)
+    assert GridTransform.for_shape((1955, 1841), 512).model_shape == (544, 512)  # this project's profile
+
+
+def test_equalisation_flattens_the_histogram_and_inverts_exactly(chest_cr_path: Path) -> None:
+    from editor.profiles import Equalisation
+
+    display = DisplayMapping.from_source(source_from_file(chest_cr_path)).to_display(
+        source_from_file(chest_cr_path).pixels)
+    eq = Equalisation.from_image(display)
+    out = eq.forward(display)
+    np.testing.assert_allclose(np.percentile(out, np.arange(10, 100, 10)), np.arange(0.1, 1.0, 0.1), atol=0.01)
+    assert np.all(np.diff(eq.knots_y) > 0)  # strictly increasing: a true inverse exists
+    assert np.abs(eq.inverse(out) - display).max() < 1e-4
+    # an equalisation of an already flat histogram is (nearly) the identity
+    ramp = np.linspace(0, 1, 100_000, dtype=np.float32)
+    assert np.abs(Equalisation.from_image(ramp).forward(ramp) - ramp).max() < 2e-3
+
+
+def test_research_profile_on_the_real_cr_and_the_way_back(chest_cr_path: Path) -> None:
+    from editor.profiles import PROJECT_PROFILE, RESEARCH_PROFILE
+
+    src = source_from_file(chest_cr_path)
+    research = preprocess(src, 512, RESEARCH_PROFILE)
+    project = preprocess(src, 512, PROJECT_PROFILE)
+    assert research.model_image.shape == (512, 512) and project.model_image.shape == (544, 512)
+    assert research.describe()["profile"] == "research" and research.equalisation is not None
+    # the model sees the equalised image; the anatomy is found on the plain display image
+    assert abs(float(np.median(research.model_image)) - 0.5) < 0.03
+    assert research.anatomy_image is not None
+    assert np.abs(research.anatomy_image - research.grid.to_model(research.display_native)).max() < 1e-5
+    # the way back: inverse resize + inverse curve lose no more than the resize alone does
+    err_research = np.median(np.abs(research.to_display(research.model_image) - research.display_native))
+    err_project = np.median(np.abs(project.to_display(project.model_image) - project.display_native))
+    assert err_research < 1.2 * err_project + 1e-4 and err_research < 0.01
+    back = research.mapping.to_stored(research.to_display(research.model_image))
+    width = research.mapping.window_width
+    assert np.median(np.abs(back.astype(np.int64) - src.pixels.astype(np.int64))) < 0.01 * width

@@ -182,15 +182,45 @@ def test_cardiomegaly_prior_covers_heart_and_borders() -> None:
     assert prior.mask[: img.shape[0] // 4].max() == 0.0  # nothing at the apices
 
 
-def test_finding_without_table_entry_falls_back_with_a_trace() -> None:
+def test_broad_field_findings_are_recorded_not_silent() -> None:
     img, _ = phantom()
     prior = build_prior(img, parse_instruction("Add the findings of air collection and left pleural effusion."),
                         STANDARD)
-    assert prior.source == "fallback"
-    assert any("air collection" in n and "lungs + heart" in n for n in prior.notes)
+    assert prior.source == "anatomy"  # a rule, not a fallback
+    assert prior.broad_field == ["air collection"]
+    assert any("air collection" in r and "broad field" in r for r in prior.regions)
+    assert any("air collection" in n and "broad field" in n for n in prior.notes)
     assert set(prior.per_finding) == {"air collection", "pleural effusion"}
     np.testing.assert_array_equal(prior.mask, np.maximum(*prior.per_finding.values()))
-    assert prior.per_finding["air collection"].mean() < 0.7  # lungs + heart, not an all-ones mask
+    assert prior.per_finding["air collection"].mean() < 0.7  # lungs, heart and mediastinum: not all ones
+
+
+def test_every_finding_has_a_region_rule_with_pixels() -> None:
+    from editor.vocabulary import FINDINGS
+
+    img, _ = phantom()
+    for name in FINDINGS:
+        for op in ("Add", "Remove"):
+            prior = build_prior(img, parse_instruction(f"{op} the finding of {name}."), STANDARD)
+            assert prior.source == "anatomy", (op, name, prior.notes)
+            assert 0.0 < prior.mask.mean() < 0.8, (op, name)
+
+
+def test_finding_whose_regions_are_empty_falls_back_with_a_trace() -> None:
+    class NoMediastinum:
+        name = "no-mediastinum"
+
+        def segment(self, image01: np.ndarray) -> Anatomy:
+            anatomy = ClassicalSegmenter().segment(image01)
+            anatomy.masks["mediastinum"] = np.zeros_like(anatomy.masks["mediastinum"])
+            return anatomy
+
+    img, _ = phantom()
+    prior = build_prior(img, parse_instruction("Add the findings of pneumomediastinum and left pleural effusion."),
+                        STANDARD, segmenter=NoMediastinum())
+    assert prior.source == "fallback"
+    assert any("pneumomediastinum" in n and "lungs + heart" in n for n in prior.notes)
+    assert prior.per_finding["pneumomediastinum"].mean() < 0.7  # lungs + heart, not an all-ones mask
 
 
 def test_none_source_is_all_ones_and_recorded() -> None:
@@ -299,3 +329,75 @@ def test_real_cr_laterality(chest_cr: tuple[np.ndarray, Orientation]) -> None:
     parsed = parse_instruction("Add the finding of left pleural effusion.")
     assert _mass_on_image_right(build_prior(img, parsed, orientation).mask) > 0.95
     assert _mass_on_image_right(build_prior(img, parsed, FLIPPED).mask) < 0.05
+
+
+# --- the real chest CR at the demo model's 128-px grid and at 512 px ----------------------------------
+
+
+@pytest.fixture(scope="module", params=[128, 512], ids=["128px", "512px"])
+def chest_cr_grid(request: pytest.FixtureRequest, chest_cr_path: Path) -> tuple[np.ndarray, Orientation]:
+    src = source_from_file(chest_cr_path)
+    return preprocess(src, request.param).model_image, Orientation.from_source(src)
+
+
+def test_real_cr_base_band_stays_on_the_diaphragm(chest_cr_grid: tuple[np.ndarray, Orientation]) -> None:
+    """At 128 px the image-right apex used to merge with the air above the shoulder, and the band around
+    the hemidiaphragm then climbed the lateral chest wall up to the apex."""
+    from editor.regions import region_mask
+
+    img, orientation = chest_cr_grid
+    h, w = img.shape
+    anatomy = get_segmenter().segment(img)
+    for side in ("image_left", "image_right"):
+        lung = anatomy.masks[f"lung_{side}"]
+        cols = np.flatnonzero(lung.any(axis=0))
+        assert 0.05 * w < cols[0] and cols[-1] < 0.92 * w, (side, cols[[0, -1]] / w)  # not the image corner
+        rows = np.flatnonzero(lung.any(axis=1))
+        band = region_mask(anatomy, "subdiaphragm", side, orientation)
+        band_rows = np.flatnonzero(band.any(axis=1))
+        assert band_rows[0] > rows[0] + 0.6 * (rows[-1] - rows[0]), side  # the lower part only
+    effusion = build_prior(img, parse_instruction("Add the finding of pleural effusion."), orientation).mask
+    assert effusion[: int(0.4 * h)].max() == 0.0
+
+
+def test_real_cr_heart_reaches_the_cardiac_apex(chest_cr_grid: tuple[np.ndarray, Orientation]) -> None:
+    """RG1_UNCR.dcm's left heart border runs down and out to the apex at about (0.73 h, 0.76 w), read off
+    the image by eye; the old centred ellipse stopped about 0.12 w short of it (~20 px at 128 px)."""
+    img, orientation = chest_cr_grid
+    h, w = img.shape
+    heart = get_segmenter().segment(img).masks["heart"]
+    assert heart[int(0.70 * h), int(0.66 * w)]  # inside the lower left border
+    assert not heart[int(0.45 * h), int(0.80 * w)] and not heart[int(0.60 * h), int(0.20 * w)]  # lungs
+    prior = build_prior(img, parse_instruction("Add the finding of cardiomegaly."), orientation).mask
+    assert prior[int(0.73 * h), int(0.76 * w)] >= 0.5  # heart + borders cover the apex
+
+
+def _with_left_effusion(img: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """The healthy CR with fluid filling the lowest `height` of the image-right (patient-left) lung,
+    meniscus climbing the lateral wall, at the density below the diaphragm; returns image and fluid."""
+    h, w = img.shape
+    lung = get_segmenter().segment(img).masks["lung_image_right"]
+    rows, cols = np.flatnonzero(lung.any(axis=1)), np.flatnonzero(lung.any(axis=0))
+    top, bottom, medial, lateral = rows[0], rows[-1], cols[0], cols[-1]
+    rr, cc = np.mgrid[0:h, 0:w]
+    surface = bottom - height * (bottom - top) - 0.06 * h * np.clip((cc - medial) / (lateral - medial), 0, 1) ** 2
+    fluid = lung & (rr >= surface)
+    level = float(np.median(img[int(bottom + 0.05 * h): int(bottom + 0.15 * h), medial:lateral]))
+    soft = ndi.gaussian_filter(fluid.astype(np.float32), 0.006 * h)
+    return np.clip(img * (1 - soft) + level * soft, 0, 1).astype(np.float32), fluid
+
+
+@pytest.mark.parametrize("height", [0.3, 0.45])
+def test_real_cr_remove_effusion_covers_the_fluid(chest_cr_grid: tuple[np.ndarray, Orientation],
+                                                  height: float) -> None:
+    """The anatomy of an image that shows the effusion stops at the fluid; "Remove" must cover the fluid
+    (the hemithorax), still on the patient's left only."""
+    img, orientation = chest_cr_grid
+    sick, fluid = _with_left_effusion(img, height)
+    prior = build_prior(sick, parse_instruction("Remove the finding of left pleural effusion."), orientation)
+    covered = float((prior.mask[fluid] >= 0.5).mean())
+    assert covered > 0.97, covered
+    assert _mass_on_image_right(prior.mask) > 0.95
+    assert any("hemithorax" in r for r in prior.regions)
+    add = build_prior(img, parse_instruction("Add the finding of left pleural effusion."), orientation)
+    assert add.mask.sum() < prior.mask.sum()  # "Add" keeps to the lower zone and angles

@@ -81,7 +81,8 @@ def test_rule_job_is_idempotent_and_params_match_editparams(tmp_path, tiny_model
     out2 = create_jobs_for_study(ctx, ds.StudyInstanceUID, called_ae="X2X_EFFUSION", calling_ae="SCU")
     assert len(out1.created_jobs) == 1 and out2.created_jobs == [] and out2.existing_jobs == out1.created_jobs
     job = ctx.store.get(out1.created_jobs[0])
-    assert job.instruction == "Add the finding of pleural effusion."
+    # the rule's instruction as written is what the editor gets (issue 14), not the canonical rewording
+    assert job.instruction == "add the finding of pleural effusion"
     assert job.sop_instance_uid == ds.SOPInstanceUID
     EditParams(**job.params)  # the job's params are EditParams fields
     assert job.params["steps"] == ctx.settings.edit.steps
@@ -102,6 +103,20 @@ def test_private_block_request_with_seed_location_severity(tmp_path, tiny_model_
     job = ctx.store.get(out.created_jobs[0])
     assert job.seed == 42
     assert job.instruction == "Add the finding of mild left pleural effusion."
+
+
+def test_the_editor_is_prompted_with_the_instruction_as_written(tmp_path, tiny_model_dir, chest_cr_path):
+    """The model was trained on the dataset's own sentences: a job keeps the instruction as written
+    (whitespace normalised), not the parser's canonical rewording ("... right lower pneumonia.")."""
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    src = tmp_path / "written.dcm"
+    ds = pydicom.dcmread(chest_cr_path)
+    write_private_block(ds, "Add the finding of  pneumonia in the right lower lobe.")
+    ds.save_as(src)
+    spooled = _spool_copy(ctx, src, tmp_path / "in")
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    job = ctx.store.get(out.created_jobs[0])
+    assert job.instruction == "Add the finding of pneumonia in the right lower lobe."
 
 
 def test_invalid_instruction_recorded_nothing_edited(tmp_path, tiny_model_dir, chest_cr_path):

@@ -73,6 +73,10 @@ def test_twenty_steps_lower_the_loss_and_export_a_model(tiny_model_dir: Path, pa
     assert meta["base_model"] == "x2x-tiny-random-fixture"
     assert meta["training"]["steps"] == 20 and meta["training"]["samples"] == 4  # train split only
     assert meta["training"]["effective_batch_size"] == 2 and meta["training"]["mixed_precision"] == "no"
+    # the research config by default: EMA exported, +-2 degree rotation, no gradient clipping
+    assert meta["training"]["ema"] is True and meta["training"]["rotation_degrees"] == 2.0
+    assert meta["training"]["max_grad_norm"] is None
+    assert meta["input_profile"] == "windowed-aspect"  # the base's declaration carries over
     # UNet changed; VAE and text encoder are the base's, byte for byte (frozen)
     base_w, new_w = _weights(tiny_model_dir), _weights(model)
     assert any(not (base_w[k] == new_w[k]).all() for k in base_w)
@@ -137,6 +141,43 @@ def test_hflip_swaps_laterality_words(tiny_model_dir: Path, pair_dataset: Path) 
     assert plain["past"].shape == (3, RES, RES) and -1 <= float(plain["past"].min()) <= float(plain["past"].max()) <= 1
 
 
+def test_training_defaults_are_the_research_config(tmp_path: Path) -> None:
+    cfg = TrainConfig(base_model=tmp_path, dataset_dir=tmp_path, output_dir=tmp_path)
+    assert cfg.use_ema is True and cfg.rotation_degrees == 2.0 and cfg.max_grad_norm is None
+    assert cfg.max_steps == 6500  # the v2 schedule (location/severity instructions are the default)
+
+
+def test_rotation_is_seeded_shared_by_the_pair_and_never_shows_corners(tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    from editor.training.train import _SampleStream, load_rotated
+
+    plain, rotated = _SampleStream(50, seed=3, hflip=False), _SampleStream(50, seed=3, hflip=False,
+                                                                        rotation_degrees=2.0)
+    items = [rotated.item(p) for p in range(120)]
+    assert [i[:2] for i in items] == [plain.item(p)[:2] for p in range(120)]  # same order as without
+    angles = np.array([i[2] for i in items])
+    assert np.abs(angles).max() <= 2.0 and np.unique(angles).size > 90
+    assert [_SampleStream(50, 3, False, 2.0).item(p) for p in range(120)] == items  # seeded: exact resume
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    yy, xx = np.mgrid[0:RES, 0:RES]
+    img = (40 + 150 * (xx > RES // 2) + 50 * (yy > RES // 2)).astype(np.uint8)  # edges show a rotation
+    for name in ("a", "b"):
+        Image.fromarray(img).save(image_path(ds, name))
+    Image.fromarray(np.full((RES, RES), 255, np.uint8)).save(image_path(ds, "white"))
+    tok = CLIPTokenizer.from_pretrained(str(tiny_model_dir / "tokenizer"), local_files_only=True)
+    pair = PairDataset(ds, [Sample("train", "a", "b", "Add the finding of edema.")], RES, tok, rotation_degrees=2.0)
+    turned = pair[(0, False, 1.7)]
+    assert (turned["past"] == turned["current"]).all()  # one angle for both images of the pair
+    assert not (turned["past"] == pair[(0, False, -1.7)]["past"]).all()
+    assert turned["past"].shape == (3, RES, RES)
+    white = load_rotated(image_path(ds, "white"), RES, 2.0, 2.0)
+    assert white.shape == (RES, RES) and white.min() > 0.99  # the centre crop holds no rotated-in corner
+
+
 def test_four_x_vae_and_resolution_check(tiny_model_dir: Path, pair_dataset: Path, tmp_path: Path) -> None:
     """A VAE with 4x downsampling (three blocks) trains at 32 px; a resolution off the grid is refused."""
     import shutil
@@ -162,6 +203,18 @@ def test_four_x_vae_and_resolution_check(tiny_model_dir: Path, pair_dataset: Pat
     assert "vae4-test" in result.output
     meta = json.loads((run / "model" / "x2x_model.json").read_text())
     assert meta["resolution"] == 32 and meta["model_id"] == "vae4-test"
+    assert (meta["config"]["use_ema"], meta["config"]["rotation_degrees"], meta["config"]["max_grad_norm"]) == (
+        True, 2.0, None)  # x2x train's defaults are the research config
+    switched = CliRunner().invoke(app, [
+        "train", "--base-model", str(base), "--dataset", str(pair_dataset), "--out", str(tmp_path / "off"),
+        "--resolution", "32", "--max-steps", "1", "--batch-size", "2", "--effective-batch", "2",
+        "--cpu", "--workers", "0", "--no-ema", "--rotation", "0", "--max-grad-norm", "1",
+        "--input-profile", "research"])
+    assert switched.exit_code == 0, switched.output
+    off = json.loads((tmp_path / "off" / "model" / "x2x_model.json").read_text())
+    assert (off["config"]["use_ema"], off["config"]["rotation_degrees"], off["config"]["max_grad_norm"]) == (
+        False, 0.0, 1.0)
+    assert off["input_profile"] == "research"
     with pytest.raises(ValueError, match="multiple of 8"):  # VAE 4 x UNet 2
         train(_cfg(base, pair_dataset, tmp_path / "bad", resolution=36, max_steps=1))
 
@@ -202,7 +255,7 @@ def test_cached_latents_give_the_uncached_loss(tiny_model_dir: Path, pair_datase
     result = CliRunner().invoke(app, [
         "train", "--base-model", str(tiny_model_dir), "--dataset", str(pair_dataset), "--out", str(run),
         "--resolution", str(RES), "--max-steps", "2", "--batch-size", "2", "--effective-batch", "2",
-        "--cpu", "--workers", "0", "--cache-latents"])
+        "--cpu", "--workers", "0", "--cache-latents", "--rotation", "0"])
     assert result.exit_code == 0, result.output
     assert json.loads((run / "model" / "x2x_model.json").read_text())["config"]["cache_latents"] is True
     cache = torch.load(run / "latent_cache.pt", weights_only=True)  # kept for resumes: not encoded again

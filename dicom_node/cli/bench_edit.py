@@ -14,7 +14,7 @@ def bench_edit(
     arch: str = typer.Option("tiny", help="tiny (fixture size) | sd15 (random SD1.5-size weights, no download)."),
     steps: int = typer.Option(10, min=2, help="DDIM steps per timed run."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    dtype: str = typer.Option("auto", help="auto (CUDA: bf16 if supported else fp16; CPU: fp32) | float32 | "
+    dtype: str = typer.Option("auto", help="auto (CUDA: fp16, latents fp32; CPU: fp32) | float32 | "
                               "float16 | bfloat16."),
     resolution: int = typer.Option(512, min=64, help="Square input size (multiple of 8)."),
     repeats: int = typer.Option(3, min=1, help="Timed runs per loop (median reported)."),

@@ -9,12 +9,31 @@ Every output is synthetic.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from dicom_node.cli.apps import app, settings
+
+
+@contextmanager
+def step_progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar of the DDIM steps on stderr when it is a terminal; nothing otherwise (pipes,
+    logs, tests). Yields the `step_callback` for `Editor.edit`."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("denoise", total=total)
+        yield lambda i: bar.update(task, completed=i + 1)
 
 
 @app.command()
@@ -83,12 +102,13 @@ def edit(
         single_file_config=cfg.model.single_file_config,
     )
     seed_value = default_seed(cfg, seed)
-    result = editor.edit(image, parsed, seed=seed_value, params=params)
+    with step_progress(params.steps) as on_step:
+        result = editor.edit(image, parsed, seed=seed_value, params=params, step_callback=on_step)
     key = job_key(str(source_ds.SOPInstanceUID) if source_ds is not None else src.name,
-                  result.instruction.canonical(), result.model_hash, seed_value, params)
+                  result.prompt, result.model_hash, seed_value, params)
     write_outputs(result, out, source=image, source_ds=source_ds, job_key=key, settings=cfg, which=EDIT_OUTPUTS)
     typer.echo(
-        f"SYNTHETIC edit '{result.instruction.canonical()}' model={result.model_id} seed={result.seed} "
+        f"SYNTHETIC edit '{result.prompt}' model={result.model_id} seed={result.seed} "
         f"steps={params.steps} rse={'on' if params.rse and params.tau > 0 else 'off'} "
         f"prior={result.prior_source} coverage={result.coverage:.3f} "
         f"time={result.timings.get('total', 0.0):.1f}s -> {out}"

@@ -33,7 +33,9 @@ def dataset_build(
     split_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                               help="mimic-cxr-2.0.0-split.csv(.gz); needed unless the "
                                                    "questions have a 'split' column."),
-    v2: bool = typer.Option(False, "--v2", help="One finding per instruction with location and severity."),
+    v2: bool = typer.Option(True, "--v2/--v1",
+                            help="v2 (default, the research release's current form): one finding per "
+                                 "instruction with location and severity; v1: one instruction per operation."),
     images: bool = typer.Option(False, "--images", help="Also write images/<dicom_id>.png."),
     image_size: int = typer.Option(512, min=16, help="Side of the square PNGs."),
     fit: str = typer.Option("squash", help="squash (paper, whole image) | pad | crop."),
@@ -65,7 +67,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints/, train_log.jsonl, model/)."),
     resolution: int = typer.Option(512, min=16, help="Training resolution (square)."),
     split: str = typer.Option("train", help="Split of instructions.csv to train on ('all' = every row)."),
-    max_steps: int = typer.Option(4500, min=1, help="Optimizer steps (paper: v1 4500, v2 6500)."),
+    max_steps: int = typer.Option(6500, min=1, help="Optimizer steps (paper: v1 4500, v2 6500)."),
     batch_size: int = typer.Option(4, min=1, help="Per-device micro-batch."),
     effective_batch: int = typer.Option(1024, min=1, help="batch x accumulation x processes."),
     accumulation: Optional[int] = typer.Option(None, min=1, help="Override the derived accumulation."),
@@ -77,15 +79,23 @@ def train_command(
     keep_checkpoints: Optional[int] = typer.Option(None, min=1, help="Keep only the newest N checkpoints."),
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
     log_every: int = typer.Option(10, min=1),
-    ema: bool = typer.Option(False, "--ema", help="Keep an EMA of the UNet and export it."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Keep an EMA of the UNet and export it (research config)."),
     ema_decay: float = typer.Option(0.9999),
+    rotation: float = typer.Option(2.0, "--rotation", min=0.0, max=44.9,
+                                   help="Random rotation +-degrees with a centre crop, one angle per pair "
+                                        "(research config 2; 0 = off, needed with --cache-latents)."),
+    max_grad_norm: float = typer.Option(0.0, "--max-grad-norm", min=0.0,
+                                        help="Clip the gradient norm (0 = no clipping, the research config)."),
+    input_profile: Optional[str] = typer.Option(None, "--input-profile",
+                                                help="Input profile the trained model declares (research | "
+                                                     "windowed-aspect; default: the base model's)."),
     hflip: bool = typer.Option(False, "--hflip",
                                help="Random horizontal flips (swaps left/right words). Breaks anatomy "
                                     "laterality (heart side): off by default."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
     cache_latents: bool = typer.Option(False, "--cache-latents",
                                        help="Encode every image once before training and keep the latents in "
-                                            "memory (small datasets; not with --hflip)."),
+                                            "memory (small datasets; not with --hflip; needs --rotation 0)."),
     workers: int = typer.Option(4, min=0, help="DataLoader workers."),
     model_id: Optional[str] = typer.Option(None, help="model_id for x2x_model.json."),
 ) -> None:
@@ -106,7 +116,8 @@ def train_command(
         cpu=cpu, seed=seed, checkpoint_every=checkpoint_every, checkpoints_total_limit=keep_checkpoints,
         resume=resume, log_every=log_every, use_ema=ema, ema_decay=ema_decay, hflip=hflip,
         gradient_checkpointing=gradient_checkpointing, num_workers=workers, model_id=model_id,
-        cache_latents=cache_latents,
+        cache_latents=cache_latents, rotation_degrees=rotation,
+        max_grad_norm=max_grad_norm if max_grad_norm > 0 else None, input_profile=input_profile,
     )
     try:
         model_dir = train(cfg)

@@ -130,7 +130,7 @@ def derivation_description(result: EditResult, extra: str = "") -> str:
         f" params={json.dumps(params, separators=(',', ':'))}; coverage={result.coverage:.4f}"
         + (f"; {extra}" if extra else "")
     )
-    instruction = f"instruction=\"{result.instruction.canonical()}\";"
+    instruction = f"instruction=\"{result.prompt}\";"
     room = ST_MAX_CHARS - len(head) - len(tail)
     if room < 20:  # pathological model ids: shorten the tail instead
         tail = truncate(tail, ST_MAX_CHARS - len(head) - 20)

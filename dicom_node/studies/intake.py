@@ -56,10 +56,10 @@ def _explicit(settings: Any, req: ExplicitRequest) -> requests.EditRequest:
     except InvalidEditParams as exc:
         return requests.EditRequest("api", req.instruction, None, seed, EditParams(), req.destination, str(exc))
     try:
-        canonical = requests.canonicalise(req.instruction)
+        prompt = requests.edit_prompt(req.instruction)
     except InstructionError as exc:
         return requests.EditRequest("api", req.instruction, None, seed, params, req.destination, str(exc))
-    return requests.EditRequest("api", req.instruction, canonical, seed, params, req.destination)
+    return requests.EditRequest("api", req.instruction, prompt, seed, params, req.destination)
 
 
 def _deliver_to(ctx: NodeContext, job_id: int, destination: str | None) -> None:

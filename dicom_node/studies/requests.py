@@ -40,7 +40,7 @@ ELEMENT_SEVERITY = 0x13
 class EditRequest:
     source: str  # rule | private | attribute | default | api
     text: str  # the instruction as given
-    instruction: str | None = None  # canonical sentence; None when invalid
+    instruction: str | None = None  # what the editor gets (editor prompt, see edit_prompt); None when invalid
     seed: int = 0
     params: EditParams = EditParams()
     destination: str | None = None
@@ -114,8 +114,11 @@ def _as_int(v: Any, what: str) -> int | str:
         return f"invalid {what} {_text(v)!r}"
 
 
-def canonicalise(text: str, *, location: list[str] | None = None, severity: str | None = None) -> str:
-    """Parse with the editor's parser (raises editor.InstructionError) -> canonical text."""
+def edit_prompt(text: str, *, location: list[str] | None = None, severity: str | None = None) -> str:
+    """The instruction the text encoder gets, checked by the editor's parser (raises
+    editor.InstructionError): the text as written (whitespace normalised), the model having been trained
+    on the dataset's own sentences. Location / severity given beside it (the private block) make a new
+    sentence, so then it is the canonical sentence of the combined parse."""
     parsed = parse_instruction(text)
     if location or severity:
         findings = tuple(
@@ -126,8 +129,8 @@ def canonicalise(text: str, *, location: list[str] | None = None, severity: str 
             )
             for f in parsed.findings
         )
-        parsed = dataclasses.replace(parsed, findings=findings)
-    return parsed.canonical()
+        parsed = dataclasses.replace(parsed, findings=findings, text=None)
+    return parsed.prompt
 
 
 def resolve(settings: Settings, called_ae: str | None, ds: Dataset) -> EditRequest | None:
@@ -168,11 +171,11 @@ def resolve(settings: Settings, called_ae: str | None, ds: Dataset) -> EditReque
     if seed_error is not None:
         return EditRequest(source, text, None, int(seed), params, destination, error=seed_error)
     try:
-        canonical = canonicalise(text, location=location, severity=severity)
+        prompt = edit_prompt(text, location=location, severity=severity)
     except InstructionError as exc:
         message = str(exc)
         suggestion = getattr(exc, "suggestion", None)
         if suggestion and suggestion not in message:
             message += f" (did you mean {suggestion!r}?)"
         return EditRequest(source, text, None, int(seed), params, destination, error=message)
-    return EditRequest(source, text, canonical, int(seed), params, destination)
+    return EditRequest(source, text, prompt, int(seed), params, destination)

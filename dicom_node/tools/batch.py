@@ -190,13 +190,13 @@ class BatchRunner:
         except Exception as exc:  # one bad file must not stop a night-long batch
             log.warning("edit failed for %s: %s", item.rel, exc, exc_info=True)
             return row | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-        key = job_key(row["source_uid"], result.instruction.canonical(), result.model_hash, item.seed, self.params)
+        key = job_key(row["source_uid"], result.prompt, result.model_hash, item.seed, self.params)
         folder = self.out_dir / f"{row['source_uid']}-{key[:8]}"
         written = write_outputs(result, folder, source=source, source_ds=ds, job_key=key, settings=self.settings)
         sent = self._send(list(written.dicom.values())) if self.send_to else ""
         row |= {
             "status": "done",
-            "instruction": result.instruction.canonical(),
+            "instruction": result.prompt,
             "outputs": ";".join(p.relative_to(self.out_dir).as_posix() for p in written.all_paths),
             "coverage": f"{result.coverage:.6f}",
             "seconds": f"{time.perf_counter() - started:.3f}",

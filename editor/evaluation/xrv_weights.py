@@ -90,8 +90,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # This project's canonical finding names (editor.vocabulary) -> the DenseNet label that scores them.
-# Only direct matches; "enlarged cardiac silhouette" goes to "Enlarged Cardiomediastinum", the nearest
-# label (CheXpert's parent category of cardiomegaly). Findings not listed are reported as not scored.
+# Only direct matches; "enlargement of the cardiac silhouette" goes to "Enlarged Cardiomediastinum", the
+# nearest label (CheXpert's parent category of cardiomegaly). Findings not listed are reported as not scored.
 FINDING_TO_LABEL: dict[str, str] = {
     "atelectasis": "Atelectasis",
     "consolidation": "Consolidation",
@@ -109,7 +109,7 @@ FINDING_TO_LABEL: dict[str, str] = {
     "lung lesion": "Lung Lesion",
     "fracture": "Fracture",
     "lung opacity": "Lung Opacity",
-    "enlarged cardiac silhouette": "Enlarged Cardiomediastinum",
+    "enlargement of the cardiac silhouette": "Enlarged Cardiomediastinum",
 }
 
 

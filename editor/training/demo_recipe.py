@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from editor.demo import DEMO_KIND, DEMO_MODEL_ID, DEMO_WARNING
+from editor.demo import DEMO_INPUT_PROFILE, DEMO_KIND, DEMO_MODEL_ID, DEMO_WARNING
 from editor.training.vae import VAEConfig, load_images, train_vae
 
 log = logging.getLogger("x2x.train.demo")
@@ -112,7 +112,7 @@ def build_base_model(out_dir: Path, vae: Any, recipe: DemoRecipe) -> Path:
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / "x2x_model.json").write_text(json.dumps({
         "model_id": f"{DEMO_MODEL_ID}-untrained-base", "kind": "base", "resolution": recipe.resolution,
-        "warning": "Untrained UNet: edits are noise.",
+        "input_profile": DEMO_INPUT_PROFILE, "warning": "Untrained UNet: edits are noise.",
     }, indent=2))
     return out_dir
 
@@ -174,6 +174,9 @@ def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, *, d
             checkpoint_every=0, checkpoints_total_limit=1, resume="latest", log_every=50,
             num_workers=recipe.num_workers, model_id=DEMO_MODEL_ID, progress=progress,
             cache_latents=recipe.cache_latents,
+            # The shipped model's settings (not the research defaults): no EMA, no rotation (latents are
+            # cached), gradient clipping at 1.0, the project's input profile.
+            use_ema=False, rotation_degrees=0.0, max_grad_norm=1.0, input_profile=DEMO_INPUT_PROFILE,
         ))
         chunk_s = (time.monotonic() - c0) * recipe.chunk_steps / (target - done)
         done = target
@@ -188,6 +191,7 @@ def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, *, d
         "model_id": DEMO_MODEL_ID,
         "kind": DEMO_KIND,
         "resolution": recipe.resolution,
+        "input_profile": DEMO_INPUT_PROFILE,
         "warning": DEMO_WARNING,
         "laterality": "trained on PA-convention phantoms: patient's left on the image's right",
         "recipe": {**recipe.to_dict(), "unet_steps_done": done, "device": str(device),

@@ -22,9 +22,12 @@ Rules:
   "the main image is missing the findings of D than the reference image." (removed),
   "the level of E has changed from small to moderate." (level change); "nothing has changed." means
   no difference. Finding phrases go through the editor's own grammar (`editor.instructions`, closed
-  vocabulary of `editor.vocabulary`): an unknown finding is dropped and counted, never guessed.
+  vocabulary of `editor.vocabulary`): a pair whose answer names any unknown finding (or an unknown
+  level) is dropped whole and counted -- keeping the pair minus that finding would teach the model an
+  instruction that leaves out part of the change it sees (label noise).
 * v1: one instruction per operation: "Add the findings of A, B and C." / "Remove the finding of D." /
-  "Change the level of E from small to moderate.". v2 (`v2=True`): one finding per instruction, with
+  "Change the level of E from small to moderate.". v2 (`v2=True`, the default, the research release's
+  current form): one finding per instruction, with
   the location and severity the answer gives or, failing that, the 'location' / 'level' questions of
   the same study ("where in the image is the pleural effusion located?" -> "left lung, right lung";
   "what level is the pleural effusion?" -> "moderate"): the current study for added findings, the past
@@ -35,9 +38,10 @@ Rules:
   order (PA before AP, then dicom_id ascending), so the choice is deterministic.
 * Split: the questions' `split` column when present, else the split file's split of the current image.
 
-Drop reasons (counted in stats.json): no_past_study, duplicate_pair, unparsed_answer, no_difference,
-unknown_finding (every finding of the answer unknown), unknown_level, study_not_in_metadata,
-lateral_only, missing_image, no_split.
+Drop reasons (counted in stats.json, pairs): no_past_study, duplicate_pair, unparsed_answer,
+no_difference, unknown_finding (the answer names a finding outside the vocabulary; `unknown_findings`
+counts the phrases, `pairs_dropped_by_unknown_finding` the pairs per phrase), unknown_level,
+study_not_in_metadata, lateral_only, missing_image, no_split.
 
 Images (optional): `<out>/images/<dicom_id>.png`, 8-bit grayscale at `image_size`² ("squash": the
 whole image resized to a square, as the paper's 512x512 inputs; "pad": letterboxed; "crop": centre
@@ -300,6 +304,7 @@ class BuildStats:
     per_finding: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # op -> finding -> n
     per_split: Counter = field(default_factory=Counter)
     unknown_findings: Counter = field(default_factory=Counter)  # phrase -> occurrences (dropped)
+    pairs_dropped_by_unknown_finding: Counter = field(default_factory=Counter)  # phrase -> pairs dropped
     unknown_levels: Counter = field(default_factory=Counter)
     unparsed_sentences: Counter = field(default_factory=Counter)
     v2: bool = False
@@ -318,6 +323,7 @@ class BuildStats:
             "per_finding": {op: dict(sorted(c.items())) for op, c in sorted(self.per_finding.items())},
             "per_split": dict(self.per_split),
             "unknown_findings": dict(self.unknown_findings.most_common()),
+            "pairs_dropped_by_unknown_finding": dict(self.pairs_dropped_by_unknown_finding.most_common()),
             "unknown_levels": dict(self.unknown_levels.most_common()),
             "unparsed_sentences": dict(self.unparsed_sentences.most_common(50)),
         }
@@ -369,7 +375,7 @@ def build_dataset(
     out_dir: str | Path,
     *,
     split_file: str | Path | None = None,
-    v2: bool = False,
+    v2: bool = True,
     write_images: bool = False,
     image_size: int = 512,
     fit: Fit = "squash",
@@ -415,15 +421,15 @@ def build_dataset(
         stats.unknown_findings.update(diff.unknown_findings)
         stats.unknown_levels.update(diff.unknown_levels)
         stats.unparsed_sentences.update(diff.unparsed)
-        if diff.empty:
-            if diff.nothing_changed:
-                reason = "no_difference"
-            elif diff.unknown_findings:
-                reason = "unknown_finding"
-            elif diff.unknown_levels:
-                reason = "unknown_level"
-            else:
-                reason = "unparsed_answer"
+        reason = None
+        if diff.unknown_findings:  # the whole pair: never an instruction that misses part of the change
+            reason = "unknown_finding"
+            stats.pairs_dropped_by_unknown_finding.update(set(diff.unknown_findings))
+        elif diff.unknown_levels:
+            reason = "unknown_level"
+        elif diff.empty:
+            reason = "no_difference" if diff.nothing_changed else "unparsed_answer"
+        if reason is not None:
             stats.dropped[reason] += 1
             continue
         chosen: list[Image] = []

@@ -12,9 +12,21 @@ resumed from a checkpoint (accelerate `save_state`: UNet, AdamW state, EMA, RNG 
 step counter) continues with the same data and the same noise as an uninterrupted run, and reaches
 the same weights. Resuming with different data-affecting settings is refused.
 
+Defaults = the research config (train_x2x.yaml of the InstructX2X release): EMA of the UNet on (and
+exported), a random rotation of +-2 degrees with a centre crop (the same angle for the past and the
+current image of a pair), no gradient clipping, and 6,500 steps (the v2 schedule, for the v2
+location/severity instructions `x2x dataset build` writes by default). Each is switchable
+(`use_ema`, `rotation_degrees=0`, `max_grad_norm`). The rotation works on an image resized
+1/(cos a + sin a) larger than the training resolution, so the centre crop never shows rotated-in
+corners.
+
 No horizontal flips by default: a flipped chest radiograph puts the heart on the wrong side and turns
-"left pleural effusion" into a right one. `hflip=True` flips and swaps left/right in the instruction,
-with a warning.
+"left pleural effusion" into a right one (the research config flips; this is the one place we differ).
+`hflip=True` flips and swaps left/right in the instruction, with a warning.
+
+The exported model's `x2x_model.json` declares its input profile (editor/profiles.py): the base
+model's unless `input_profile` says otherwise. The images are square-resized as the research inputs
+were, so a model fine-tuned on MIMIC-CXR-JPG keeps the `research` profile of its base.
 
 `cache_latents=True` encodes every image once before training and keeps the VAE's latent moments
 (mean and std) in memory; each step then samples the target latent from them with the step's own
@@ -32,6 +44,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -61,8 +74,10 @@ LATENT_CACHE = "latent_cache.pt"
 _RESUME_KEYS = (
     "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "seed",
     "conditioning_dropout", "hflip", "split", "use_ema", "mixed_precision", "prediction_type",
-    "cache_latents",
+    "cache_latents", "rotation_degrees", "max_grad_norm",
 )
+# What a checkpoint written before a key existed was trained with.
+_LEGACY_FINGERPRINT = {"rotation_degrees": 0.0, "max_grad_norm": 1.0}
 
 
 @dataclass
@@ -72,7 +87,7 @@ class TrainConfig:
     output_dir: Path  # checkpoints/, train_log.jsonl, model/ (the trained diffusers folder)
     resolution: int = 512
     split: str | None = "train"  # None = every row of instructions.csv
-    max_steps: int = 4500  # optimizer steps (paper: v1 4,500, v2 6,500)
+    max_steps: int = 6500  # optimizer steps (paper: v1 4,500, v2 6,500; the v2 instructions are the default)
     train_batch_size: int = 4  # per device and micro-batch
     effective_batch_size: int = 1024  # = train_batch_size x accumulation x processes
     gradient_accumulation_steps: int | None = None  # None = derived from effective_batch_size
@@ -81,7 +96,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = None  # research config: no gradient clipping
     conditioning_dropout: float = 0.05  # each of: text only, image only, both
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, no on CPU
     cpu: bool = False  # force CPU even when a GPU is present
@@ -90,8 +105,9 @@ class TrainConfig:
     checkpoints_total_limit: int | None = None  # keep at most this many checkpoints (oldest removed)
     resume: str | None = None  # "latest", a checkpoint folder, or None (fresh run)
     log_every: int = 10
-    use_ema: bool = False
+    use_ema: bool = True  # research config: EMA of the UNet, exported
     ema_decay: float = 0.9999
+    rotation_degrees: float = 2.0  # research config: random rotation +-2 deg, centre crop; 0 = off
     hflip: bool = False
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
@@ -100,7 +116,9 @@ class TrainConfig:
     model_id: str | None = None  # id written to x2x_model.json; default derived from the output dir
     progress: bool = True  # rich progress bar on the main process
     prediction_type: str | None = None  # None = the base scheduler's
-    cache_latents: bool = False  # encode each image once, before training (small datasets; not with hflip)
+    cache_latents: bool = False  # encode each image once, before training (small datasets; not with hflip
+    # or rotation)
+    input_profile: str | None = None  # declared in the export; None = the base model's (editor/profiles.py)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,22 +131,26 @@ def _step_seed(seed: int, *parts: int) -> int:
 
 
 class _SampleStream:
-    """The infinite, seeded sample order: position p -> (row index, flip) for epoch p // n."""
+    """The infinite, seeded sample order: position p -> (row index, flip, rotation angle) for epoch p // n."""
 
-    def __init__(self, n: int, seed: int, hflip: bool) -> None:
-        self.n, self.seed, self.hflip = n, seed, hflip
+    def __init__(self, n: int, seed: int, hflip: bool, rotation_degrees: float = 0.0) -> None:
+        self.n, self.seed, self.hflip, self.rotation = n, seed, hflip, float(rotation_degrees)
         self._epoch = -1
         self._perm = np.arange(n)
         self._flips = np.zeros(n, dtype=bool)
+        self._angles = np.zeros(n)
 
-    def item(self, position: int) -> tuple[int, bool]:
+    def item(self, position: int) -> tuple[int, bool, float]:
         epoch, within = divmod(position, self.n)
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch])
             self._perm = rng.permutation(self.n)
             self._flips = (rng.random(self.n) < 0.5) if self.hflip else np.zeros(self.n, dtype=bool)
+            # A stream of its own, so the order and flips are those of a run without rotation.
+            angles = np.random.default_rng([self.seed, epoch, 2]).uniform(-1.0, 1.0, self.n) * self.rotation
+            self._angles = angles if self.rotation > 0 else np.zeros(self.n)
             self._epoch = epoch
-        return int(self._perm[within]), bool(self._flips[within])
+        return int(self._perm[within]), bool(self._flips[within]), float(self._angles[within])
 
 
 class _MicroBatches:
@@ -180,6 +202,28 @@ def load_gray(path: Path, resolution: int) -> np.ndarray:
     return img
 
 
+def rotation_margin(degrees: float) -> float:
+    """How much larger an image must be so that its centre crop survives a rotation by +-degrees without
+    rotated-in corners: 1 / (cos a + sin a)."""
+    a = math.radians(abs(float(degrees)))
+    return 1.0 / (math.cos(a) + math.sin(a))
+
+
+def load_rotated(path: Path, resolution: int, angle: float, max_degrees: float) -> np.ndarray:
+    """The image resized 1/margin(max_degrees) larger, rotated by `angle` about its centre (bilinear),
+    centre-cropped to (resolution, resolution). The enlargement depends on the largest angle only, so
+    every sample has the same scale whatever its own angle."""
+    from PIL import Image
+
+    big = int(math.ceil(resolution / rotation_margin(max_degrees)))
+    big += (big - resolution) % 2  # an even border on each side
+    img = load_gray(path, big)
+    if angle:
+        img = np.asarray(Image.fromarray(img, mode="F").rotate(angle, resample=Image.Resampling.BILINEAR))
+    off = (big - resolution) // 2
+    return np.ascontiguousarray(img[off: off + resolution, off: off + resolution])
+
+
 def _image_tensor(a: np.ndarray) -> torch.Tensor:
     """(H, W) in [0, 1] -> (3, H, W) in [-1, 1]: grayscale replicated to RGB, as the VAE expects."""
     import torch
@@ -194,9 +238,10 @@ class PairDataset:
     images' cached latent moments instead of their pixels."""
 
     def __init__(self, dataset_dir: Path, samples: list[Sample], resolution: int, tokenizer: Any,
-                 moments: dict[str, torch.Tensor] | None = None) -> None:
+                 moments: dict[str, torch.Tensor] | None = None, rotation_degrees: float = 0.0) -> None:
         self.dir, self.samples, self.resolution, self.tokenizer = dataset_dir, samples, resolution, tokenizer
         self.moments = moments
+        self.rotation_degrees = float(rotation_degrees)
         missing = [
             d for s in samples for d in (s.past_dicom_id, s.current_dicom_id)
             if not image_path(dataset_dir, d).exists()
@@ -209,16 +254,24 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
-        index, flip = key
+    def __getitem__(self, key: tuple[int, bool] | tuple[int, bool, float]) -> dict[str, Any]:
+        index, flip = key[0], key[1]
+        angle = float(key[2]) if len(key) > 2 else 0.0
         s = self.samples[index]
         if self.moments is not None:
-            if flip:
-                raise ValueError("cached latents cannot be flipped (cache_latents with hflip is refused)")
+            if flip or angle:
+                raise ValueError("cached latents cannot be flipped or rotated (cache_latents with hflip or "
+                                 "rotation is refused)")
             return {"past_moments": self.moments[s.past_dicom_id],
                     "current_moments": self.moments[s.current_dicom_id], "text": s.instruction}
-        past = load_gray(image_path(self.dir, s.past_dicom_id), self.resolution)
-        current = load_gray(image_path(self.dir, s.current_dicom_id), self.resolution)
+        if self.rotation_degrees > 0:  # one angle for both images of the pair
+            past = load_rotated(image_path(self.dir, s.past_dicom_id), self.resolution, angle,
+                                self.rotation_degrees)
+            current = load_rotated(image_path(self.dir, s.current_dicom_id), self.resolution, angle,
+                                   self.rotation_degrees)
+        else:
+            past = load_gray(image_path(self.dir, s.past_dicom_id), self.resolution)
+            current = load_gray(image_path(self.dir, s.current_dicom_id), self.resolution)
         text = s.instruction
         if flip:
             past, current = past[:, ::-1], current[:, ::-1]
@@ -446,6 +499,15 @@ def train(cfg: TrainConfig) -> Path:
         raise FileNotFoundError(f"{base} is not a diffusers folder (no model_index.json)")
     if cfg.hflip and cfg.cache_latents:
         raise ValueError("cache_latents cannot be combined with hflip: the cache holds unflipped images")
+    if cfg.rotation_degrees and cfg.cache_latents:
+        raise ValueError("cache_latents cannot be combined with rotation: the cache holds unrotated images "
+                         "(set rotation_degrees=0 / --rotation 0)")
+    if cfg.rotation_degrees < 0 or cfg.rotation_degrees >= 45:
+        raise ValueError(f"rotation_degrees must be in [0, 45), got {cfg.rotation_degrees}")
+    if cfg.input_profile is not None:
+        from editor.profiles import get_profile
+
+        get_profile(cfg.input_profile)  # an unknown name fails before any work
     if cfg.hflip:
         warnings.warn("hflip=True: horizontal flips mirror the heart and swap left/right anatomy; the "
                       "instruction's left/right words are swapped to match", stacklevel=2)
@@ -480,7 +542,8 @@ def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: 
     if not samples:
         raise ValueError(f"no samples with split={cfg.split!r} in {cfg.dataset_dir}")
     moments = _cached_moments(cfg, base, out, frozen.vae, samples, device) if cfg.cache_latents else None
-    dataset = PairDataset(Path(cfg.dataset_dir), samples, cfg.resolution, frozen.tokenizer, moments)
+    dataset = PairDataset(Path(cfg.dataset_dir), samples, cfg.resolution, frozen.tokenizer, moments,
+                          rotation_degrees=cfg.rotation_degrees)
     accum = _resolve_accumulation(cfg, nproc)
     fingerprint = _fingerprint(cfg, accum, nproc, frozen.noise_scheduler.config.prediction_type, len(samples))
     fingerprint["mixed_precision"] = precision  # as resolved: "auto" may mean bf16 here and fp32 there
@@ -501,8 +564,8 @@ def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: 
     start_step = 0
     if resume_dir is not None:
         state = json.loads((resume_dir / STATE_FILE).read_text())
-        diff = {k: (state["fingerprint"].get(k), v) for k, v in fingerprint.items()
-                if state["fingerprint"].get(k) != v}
+        saved = {**_LEGACY_FINGERPRINT, **state["fingerprint"]}
+        diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
         if diff:
             raise ValueError(f"cannot resume {resume_dir} exactly: settings differ (checkpoint, now): {diff}")
         accelerator.load_state(str(resume_dir))
@@ -517,7 +580,8 @@ def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: 
         _truncate_log(log_path, start_step)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=_MicroBatches(_SampleStream(len(samples), cfg.seed, cfg.hflip), batch=cfg.train_batch_size,
+        batch_sampler=_MicroBatches(_SampleStream(len(samples), cfg.seed, cfg.hflip, cfg.rotation_degrees),
+                                    batch=cfg.train_batch_size,
                                     accum=accum, nproc=nproc, rank=rank, start=start_step, end=cfg.max_steps),
         collate_fn=dataset.collate, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
     )
@@ -572,6 +636,7 @@ def _run(cfg: TrainConfig, accelerator: Any, base: Path, out: Path, resume_dir: 
             "train_batch_size": cfg.train_batch_size, "gradient_accumulation_steps": accum,
             "num_processes": nproc, "learning_rate": cfg.learning_rate, "lr_schedule": "constant",
             "mixed_precision": precision, "ema": cfg.use_ema, "hflip": cfg.hflip, "seed": cfg.seed,
+            "rotation_degrees": cfg.rotation_degrees, "max_grad_norm": cfg.max_grad_norm,
             "conditioning_dropout": cfg.conditioning_dropout,
             "prediction_type": frozen.noise_scheduler.config.prediction_type,
             "final_loss": losses[-1] if losses else None,
@@ -653,6 +718,7 @@ def _export(cfg: TrainConfig, base: Path, model_dir: Path, unet: Any, summary: d
         "model_id": model_id,
         "kind": "finetuned",
         "resolution": cfg.resolution,
+        "input_profile": _export_profile(cfg, base),
         "base_model": base_meta.get("model_id", base.name),
         "trainable": cfg.trainable,
         "training": {**summary, "dataset": str(cfg.dataset_dir)},
@@ -660,6 +726,16 @@ def _export(cfg: TrainConfig, base: Path, model_dir: Path, unet: Any, summary: d
         "warning": "Research model. Every image it produces is synthetic; not for diagnosis.",
     }
     (model_dir / "x2x_model.json").write_text(json.dumps(meta, indent=2))
+
+
+def _export_profile(cfg: TrainConfig, base: Path) -> str:
+    """The input profile the trained model declares: the config's, else the base model's."""
+    from editor.model import declared_input_profile
+    from editor.profiles import get_profile
+
+    if cfg.input_profile is not None:
+        return get_profile(cfg.input_profile).name
+    return declared_input_profile(base)
 
 
 # --------------------------------------------------------------------------------------------------
