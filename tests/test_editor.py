@@ -13,6 +13,7 @@ from editor.composite import blend_stored, feather_alpha
 from editor.editor import Editor
 from editor.relevance import normalise_relevance
 from editor.types import EditParams, SourceImage
+from tests.support.research_names import RESEARCH_31
 
 PROMPT = "Add the finding of pleural effusion."
 
@@ -296,15 +297,6 @@ def test_relevance_is_seeded_and_k_samples_average(editor: Editor) -> None:
 
 # ------------------------------------------------------------------ prompt as written, profile, progress
 
-RESEARCH_31 = (
-    "fracture", "thymoma", "tortuosity of the descending aorta", "blunting of the costophrenic angle",
-    "atelectasis", "hilar congestion", "hernia", "cardiomegaly", "consolidation", "pleural effusion",
-    "tortuosity of the thoracic aorta", "vascular congestion", "pleural thickening", "granuloma",
-    "lung opacity", "contusion", "hypertensive heart disease", "heart failure", "gastric distention",
-    "pneumomediastinum", "calcification", "infection", "air collection", "pneumonia",
-    "enlargement of the cardiac silhouette", "edema", "emphysema", "scoliosis", "hypoxemia", "hematoma",
-    "pneumothorax",
-)
 
 
 def test_every_research_name_is_edited_with_the_prompt_as_written(editor: Editor) -> None:

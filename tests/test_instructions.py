@@ -18,17 +18,8 @@ from editor.instructions import (
     parse_instruction,
 )
 from editor.vocabulary import FINDINGS, REGION_NAMES, RESEARCH_FINDINGS, lookup_finding
+from tests.support.research_names import RESEARCH_31
 
-# The research code's 31 names (its VALID_CATEGORIES), as the issue lists them.
-RESEARCH_31 = (
-    "fracture", "thymoma", "tortuosity of the descending aorta", "blunting of the costophrenic angle",
-    "atelectasis", "hilar congestion", "hernia", "cardiomegaly", "consolidation", "pleural effusion",
-    "tortuosity of the thoracic aorta", "vascular congestion", "pleural thickening", "granuloma",
-    "lung opacity", "contusion", "hypertensive heart disease", "heart failure", "gastric distention",
-    "pneumomediastinum", "calcification", "infection", "air collection", "pneumonia",
-    "enlargement of the cardiac silhouette", "edema", "emphysema", "scoliosis", "hypoxemia", "hematoma",
-    "pneumothorax",
-)
 MIMIC_DIFF_VQA_LEVELS = (
     "moderately", "moderate", "acute", "mildly", "mild", "small", "severe", "moderate to large",
     "moderate to severe", "mild to moderate", "minimal", "subtle", "massive", "minimally", "increasing",
