@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.results import KINDS, encode_results, save_objects
-from dicom_node.results.geometry import plane_geometry
+from dicom_node.results.geometry import plane_geometry, valid_spacing
 from editor.instructions import parse_instruction
 from editor.types import EditParams, EditResult
 from tests.conftest import require_tool
@@ -97,6 +97,21 @@ def test_spacing_rules_and_one_frame_per_job(
         for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
             if keyword in ds:
                 assert all(float(v) > 0 for v in ds[keyword].value), (kind, keyword)
+
+
+@pytest.mark.parametrize("value", [[0, 0], [-0.2, 0.2], [float("nan"), 0.2], [float("inf"), 0.2], [0.2], "0.2", None])
+def test_an_invalid_spacing_is_never_used(value: object) -> None:
+    """Whatever a sender writes as a spacing, only two finite positive numbers count."""
+    assert valid_spacing(value) is None
+
+
+@pytest.mark.parametrize("magnification", [0, -1.2, float("nan"), float("inf"), None])
+def test_an_invalid_magnification_factor_is_ignored(magnification: object) -> None:
+    source = Dataset()
+    source.ImagerPixelSpacing = [0.3, 0.3]
+    source.EstimatedRadiographicMagnificationFactor = magnification
+    geometry = plane_geometry(source, "2.25.3")
+    assert geometry.spacing == (0.3, 0.3) and "not magnification-corrected" in geometry.note
 
 
 def test_source_with_orientation_but_no_frame_keeps_its_plane(small_cr: Dataset) -> None:

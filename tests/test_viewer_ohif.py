@@ -104,7 +104,10 @@ def _displayed_grey(sc: pydicom.Dataset) -> np.ndarray:
 def test_ohif_shows_the_binary_seg_on_the_chest_cr_and_opens_the_counterfactual(
     tmp_path: Path, chest_cr_path: Path, tiny_model_dir: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright (the dev extra) is not installed: pip install -e '.[dev]'")
 
     dist = ohif_dist()  # test set-up: fetched once into the cache (fails clearly without npm)
     as_is = chest_cr_path

@@ -24,6 +24,7 @@ Orientation (Patient) + valid Pixel Spacing) the objects use the source's frame 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +39,22 @@ NOMINAL_SPACING_MM = 1.0
 IMAGE_PLANE_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def valid_spacing(value: Any) -> tuple[float, float] | None:
-    """A two-valued spacing with both values > 0, else None (the chest CR carries 0\\0)."""
+def _positive(value: Any) -> float | None:
+    """A finite number > 0, else None (a sender's DS can say 0, -1, NaN or inf)."""
     try:
-        row, col = (float(v) for v in value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
-    return (row, col) if row > 0 and col > 0 else None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def valid_spacing(value: Any) -> tuple[float, float] | None:
+    """A two-valued spacing with both values finite and > 0, else None (the chest CR carries 0\\0)."""
+    try:
+        row, col = (_positive(v) for v in value)
+    except (TypeError, ValueError):  # not two values
+        return None
+    return (row, col) if row is not None and col is not None else None
 
 
 def patient_orientation(ds: Dataset) -> tuple[str, str] | None:
@@ -106,14 +116,6 @@ def image_orientation(ds: Dataset) -> tuple[float, ...] | None:
     unit = all(abs(sum(v * v for v in vec) - 1.0) < 1e-3 for vec in (row, col))
     orthogonal = abs(sum(a * b for a, b in zip(row, col, strict=True))) < 1e-3
     return values if unit and orthogonal else None
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
 
 
 def pixel_spacing(source: Dataset) -> tuple[tuple[float, float], str, bool]:

@@ -53,7 +53,7 @@ def ohif_dist(version: str = OHIF_VERSION) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         pytest.fail(f"npm is needed to fetch {OHIF_PACKAGE}@{version} for the OHIF viewer test "
-                    "(apt-get install npm, or prefetch it: see .ci/run)")
+                    "(apt-get install npm; scripts/test.sh and .ci/run install it when missing)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ohif-") as tmp:
         done = subprocess.run([npm, "pack", f"{OHIF_PACKAGE}@{version}", "--pack-destination", tmp, "--silent"],
@@ -67,6 +67,8 @@ def ohif_dist(version: str = OHIF_VERSION) -> Path:
         if not (unpacked / "package" / "dist" / "index.html").is_file():
             pytest.fail(f"{OHIF_PACKAGE}@{version} has no dist/index.html: not the prebuilt viewer")
         (unpacked / "COMPLETE").write_text(f"{OHIF_PACKAGE}@{version}\n")
+        if (target / "COMPLETE").is_file():  # a concurrent fetch finished first: use that one
+            return dist
         if target.exists():  # a half-written copy from an interrupted run
             shutil.rmtree(target)
         unpacked.rename(target)  # atomic: a concurrent fetch either sees all of it or none
