@@ -179,13 +179,14 @@ def test_binary_seg_is_the_mask_one_segment_per_finding(
         algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
         assert algorithm.AlgorithmName == "InstructX2X" and algorithm.AlgorithmVersion
         assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        assert len(item.RecommendedDisplayCIELabValue) == 3  # else viewers pick a colour and warn
+    red, green, blue = hd.color.CIELabColor.from_dicom_value(effusion.RecommendedDisplayCIELabValue).to_rgb()
+    assert red > 200 and green < 80 and blue < 80  # the first segment is red, like the overlay SC
     pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=False)[0]
     for index, name in enumerate(labels):
         np.testing.assert_array_equal(pixels[..., index].astype(bool), result.finding_masks[name])
     np.testing.assert_array_equal(pixels.any(axis=-1), result.mask)
     assert list(seg.PatientOrientation) == ["L", "F"]
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    assert "PixelMeasuresSequence" not in shared  # the source's 0\0 spacing is not copied
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
         source.SOPInstanceUID
     )
@@ -221,12 +222,34 @@ def test_parametric_map_is_guidance_on_a_new_detector_frame(
         1.0,
     )
     assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept) == (1.0, 0.0)
-    # the CR has no frame: a new one for the detector plane, L\F -> rows +x (left), columns -z (feet)
+    # the CR has no frame: a new one for the detector plane (geometry of every derived object: see below)
     assert "FrameOfReferenceUID" not in source and pm.FrameOfReferenceUID.startswith("2.25.")
-    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 0, -1]
-    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [1.0, 1.0]
     description = pm.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].DerivationDescription
     assert "NOT shared with the source" in description and "NOMINAL 1 mm" in description
+
+
+@pytest.mark.parametrize("kind", ["seg", "fseg", "pmap"])
+def test_derived_objects_carry_viewer_geometry_on_one_frame(
+    read: dict[str, pydicom.Dataset], source: pydicom.Dataset, kind: str
+) -> None:
+    """OHIF 3.x needs shared Pixel Measures and a Plane Orientation on a SEG (without them it crashes:
+    "Cannot destructure property 'SpacingBetweenSlices' of 'PixelMeasures'"). The chest CR has no
+    frame, an invalid 0\\0 Pixel Spacing (never copied) and no Imager Pixel Spacing: nominal 1 mm, said
+    so; the image plane 1\\0\\0\\0\\1\\0 (where viewers put an image without orientation); one frame for
+    the two SEGs and the PM."""
+    ds = read[kind]
+    assert ds.FrameOfReferenceUID == read["pmap"].FrameOfReferenceUID
+    assert "PositionReferenceIndicator" in ds and not ds.PositionReferenceIndicator
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [1.0, 1.0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [0, 0, 0]
+    if kind != "pmap":  # the Parametric Map IOD has no General Image module, so no Patient Orientation
+        assert list(ds.PatientOrientation) == ["L", "F"]  # the anatomy, from the source
+    description = (ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].DerivationDescription
+                   if kind == "pmap" else ds.DerivationDescription)
+    assert "NOMINAL 1 mm" in description and "NOT shared with the source" in description
 
 
 def test_overlay_is_grey_source_with_red_guidance(read: dict[str, pydicom.Dataset], result: EditResult) -> None:

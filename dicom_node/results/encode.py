@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
+from dicom_node.results.geometry import plane_geometry
 from dicom_node.results.overlay import overlay_sc
 from dicom_node.results.pmap import parametric_map
+from dicom_node.results.provenance import carry_lossy_compression, stamp_edit_time
 from dicom_node.results.sc import counterfactual_sc
 from dicom_node.results.seg import binary_seg, fractional_seg
 from dicom_node.results.uids import derive_uid, series_number
@@ -27,9 +30,15 @@ FILE_NAMES = {kind: f"{kind}.dcm" for kind in KINDS}
 
 
 def encode_results(
-    source_ds: Dataset, result: EditResult, *, job_key: str, settings: Settings | None = None
+    source_ds: Dataset,
+    result: EditResult,
+    *,
+    job_key: str,
+    settings: Settings | None = None,
+    edit_time: datetime | None = None,
 ) -> dict[str, Dataset]:
-    """The five objects for `result`, keyed by kind (KINDS order). Deterministic UIDs from job_key."""
+    """The five objects for `result`, keyed by kind (KINDS order). Deterministic UIDs from job_key; the
+    Series / Content Date and Time of all five are `edit_time` (default: now)."""
     root = settings.results.uid_root if settings is not None else None
     institution = settings.results.institution_name if settings is not None else None
 
@@ -44,20 +53,28 @@ def encode_results(
             "institution_name": institution,
         }
 
+    # One plane geometry (and Frame of Reference) for the SEGs and the Parametric Map of the job. The
+    # purpose string predates the SEGs' use of it: kept, so a re-encoded job keeps its frame UID.
+    geometry = plane_geometry(source_ds, uid("pmap.frame"))
     with warnings.catch_warnings():
         # highdicom warns about single-component person names copied from the source (e.g. the
         # chest CR's Referring Physician "ward"): source data, reproduced as it is.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        return {
+        objects = {
             "counterfactual": counterfactual_sc(source_ds, result, **common("counterfactual")),
-            "seg": binary_seg(source_ds, result, dimension_uid=uid("seg.dimension"), **common("seg")),
-            "fseg": fractional_seg(source_ds, result, dimension_uid=uid("fseg.dimension"), **common("fseg")),
-            "pmap": parametric_map(
-                source_ds, result, frame_uid=uid("pmap.frame"), dimension_uid=uid("pmap.dimension"),
-                **common("pmap"),
-            ),
+            "seg": binary_seg(source_ds, result, geometry=geometry, dimension_uid=uid("seg.dimension"),
+                              **common("seg")),
+            "fseg": fractional_seg(source_ds, result, geometry=geometry, dimension_uid=uid("fseg.dimension"),
+                                   **common("fseg")),
+            "pmap": parametric_map(source_ds, result, geometry=geometry, dimension_uid=uid("pmap.dimension"),
+                                   **common("pmap")),
             "overlay": overlay_sc(source_ds, result, **common("overlay")),
         }
+    when = edit_time or datetime.now(timezone.utc)
+    for ds in objects.values():
+        stamp_edit_time(ds, source_ds, when)
+        carry_lossy_compression(ds, source_ds)
+    return objects
 
 
 def output_uids(datasets: dict[str, Dataset]) -> dict[str, dict[str, str]]:

@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,12 +100,16 @@ def write_outputs(
     job_key: str,
     settings: Settings | None = None,
     which: OutputSet = NODE_OUTPUTS,
+    edit_time: datetime | None = None,
 ) -> WrittenOutputs:
     """Write the edit's files into `out_dir` (see the module docstring); the five objects only when
-    `source_ds` (the source's DICOM data set) is given, with UIDs derived from `job_key`."""
+    `source_ds` (the source's DICOM data set) is given, with UIDs derived from `job_key` and the
+    Series / Content Date and Time `edit_time` (default: now, i.e. as the edit finishes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = WrittenOutputs()
-    datasets = encode_results(source_ds, result, job_key=job_key, settings=settings) if source_ds is not None else {}
+    edit_time = edit_time or datetime.now(timezone.utc)
+    datasets = (encode_results(source_ds, result, job_key=job_key, settings=settings, edit_time=edit_time)
+                if source_ds is not None else {})
     written.uids = output_uids(datasets)
 
     mapping = DisplayMapping.from_source(source)
@@ -125,7 +130,7 @@ def write_outputs(
             _npy(result.relevance, out_dir / "relevance.npy"),
             _npy(result.guidance, out_dir / "guidance.npy"),
         ]
-    summary = result.summary() | {"objects": written.uids}
+    summary = result.summary() | {"edit_time": edit_time.isoformat(), "objects": written.uids}
     written.files.append(_atomic(out_dir / "result.json",
                                  lambda p: p.write_text(json.dumps(summary, indent=2, default=str))))
     written.dicom = save_objects(datasets, out_dir)  # last: their presence marks the edit as encoded

@@ -1,7 +1,7 @@
 """The guidance map G as a Parametric Map (float32, [0, 1], unitless "class activation").
 
-The Parametric Map IOD needs a Frame of Reference and plane geometry; see geometry.py for the new
-detector-plane frame used when the source (a CR/DX) has none.
+The Parametric Map IOD needs a Frame of Reference and plane geometry: the job's one plane geometry, shared
+with its two Segmentations (geometry.py; a new detector-plane frame when the source, a CR/DX, has none).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.codes import GUIDANCE_QUANTITY, UNITLESS
-from dicom_node.results.geometry import metadata_copy, orientation_labels, plane_geometry
+from dicom_node.results.geometry import PlaneGeometry, geometry_reference, orientation_labels
 from dicom_node.results.provenance import (
     contributing_equipment,
     derivation_description,
@@ -29,20 +29,11 @@ def parametric_map(
     *,
     series_uid: str,
     sop_uid: str,
-    frame_uid: str,
+    geometry: PlaneGeometry,
     dimension_uid: str,
     series_number: int,
     institution_name: str | None = None,
 ) -> Dataset:
-    geometry = plane_geometry(source, frame_uid)
-    ref = metadata_copy(source)
-    # highdicom takes the frame (and its coordinate system) from the source images: hand it a metadata
-    # copy that carries the detector-plane geometry the map is defined in.
-    ref.FrameOfReferenceUID = geometry.frame_of_reference_uid
-    ref.ImagePositionPatient = list(geometry.plane_position[0].ImagePositionPatient)
-    ref.ImageOrientationPatient = list(geometry.plane_orientation[0].ImageOrientationPatient)
-    ref.PixelSpacing = list(geometry.pixel_measures[0].PixelSpacing)
-    ref.SliceThickness = geometry.pixel_measures[0].get("SliceThickness", 1.0)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="X2X_G",
         lut_explanation="InstructX2X guidance map G = region prior x relevance, 0..1",
@@ -54,7 +45,7 @@ def parametric_map(
     )
     guidance = np.clip(np.asarray(result.guidance, dtype=np.float32), 0.0, 1.0)
     pm = hd.pm.ParametricMap(
-        source_images=[ref],
+        source_images=[geometry_reference(source, geometry)],
         pixel_array=guidance[None],
         **derived_object_identity(result, series_uid=series_uid, sop_uid=sop_uid, series_number=series_number),
         contains_recognizable_visual_features=False,
@@ -89,7 +80,4 @@ def parametric_map(
         for item in group:
             for derivation in item.get("DerivationImageSequence", []):
                 derivation.DerivationDescription = description
-    pm.FrameOfReferenceUID = geometry.frame_of_reference_uid
-    if not geometry.shares_source_frame:
-        pm.PositionReferenceIndicator = ""
     return pm

@@ -1,16 +1,21 @@
 """What every object the node writes carries: Synthetic Data, Contributing Equipment, Derivation
-Description, Source Image Sequence, and the patient / study attributes of the source."""
+Description, Source Image Sequence, the patient / study attributes of the source, the time of the edit
+(Series / Content / Instance Creation Date and Time) and the source's lossy-compression history."""
 
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
 from editor import EditResult
 
@@ -178,3 +183,87 @@ def mark_synthetic(
     if general_image:
         ds.DerivationDescription = derivation_description(result, extra)
         ds.SourceImageSequence = DicomSequence([source_image_item(source)])
+
+
+# Transfer syntaxes that are lossy whatever their parameters, with the Lossy Image Compression Method
+# (0028,2114) defined term of each (PS3.3 C.7.6.1.1.5.1). JPEG-LS near-lossless and JPEG 2000 may be
+# lossless in fact: for those the source's own Lossy Image Compression attribute is trusted.
+LOSSY_TRANSFER_SYNTAXES = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1"}
+_OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
+
+
+def source_timezone(source: Dataset) -> timezone | None:
+    """The source's Timezone Offset From UTC (copied onto every object), if valid: the edit time is then
+    written in that zone, as the attribute says every date and time of the instance is."""
+    match = _OFFSET.match(str(source.get("TimezoneOffsetFromUTC", "")).strip())
+    if match is None:
+        return None
+    sign = -1 if match.group(1) == "-" else 1
+    hours, minutes = int(match.group(2)), int(match.group(3))
+    if hours > 14 or minutes > 59:
+        return None
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def stamp_edit_time(ds: Dataset, source: Dataset, edit_time: datetime) -> None:
+    """Series, Content and Instance Creation Date/Time (and our equipment's Contribution DateTime) = the
+    time of the edit, in the source's time zone where it names a valid one (else the node's local time,
+    and no Timezone Offset From UTC)."""
+    zone = source_timezone(source)
+    if zone is None and "TimezoneOffsetFromUTC" in ds:
+        del ds.TimezoneOffsetFromUTC  # an unreadable offset copied from the source would misdate every time
+    when = edit_time.astimezone(zone) if zone is not None else edit_time.astimezone()
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    for prefix in ("Series", "Content", "InstanceCreation"):
+        setattr(ds, f"{prefix}Date", date)
+        setattr(ds, f"{prefix}Time", time)
+    for item in ds.get("ContributingEquipmentSequence", []):
+        purpose = item.get("PurposeOfReferenceCodeSequence")
+        # 109100 synthesizing (this node), 109102 processing (highdicom, while encoding): both now
+        if purpose and purpose[0].get("CodeValue") in ("109100", "109102"):
+            item.ContributionDateTime = date + time
+
+
+def lossy_compression(source: Dataset) -> tuple[str, list[str], list[str]]:
+    """(Lossy Image Compression, ratios, methods) of the source's pixels: its own attributes where it says
+    01, else 01 inferred from a lossy transfer syntax (ratio from the encapsulated size), else 00."""
+    if str(source.get("LossyImageCompression", "")).strip() == "01":
+        ratios = _values(source.get("LossyImageCompressionRatio"))
+        return "01", ratios, _values(source.get("LossyImageCompressionMethod"))
+    syntax = getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", None)
+    method = LOSSY_TRANSFER_SYNTAXES.get(syntax) if syntax is not None else None
+    if method is None:
+        return "00", [], []
+    ratio = _compression_ratio(source)
+    return "01", [ratio] if ratio else [], [method]
+
+
+def carry_lossy_compression(ds: Dataset, source: Dataset) -> None:
+    """Once lossy, always lossy (PS3.3 C.7.6.1.1.5): every object derived from lossy pixels says so."""
+    flag, ratios, methods = lossy_compression(source)
+    ds.LossyImageCompression = flag
+    for keyword, values in (("LossyImageCompressionRatio", ratios), ("LossyImageCompressionMethod", methods)):
+        if flag == "01" and values:
+            setattr(ds, keyword, values if len(values) > 1 else values[0])
+        elif keyword in ds:
+            del ds[keyword]
+
+
+def _values(value: Any) -> list[str]:
+    """The values of a (possibly multi-valued, possibly absent) attribute, as strings."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return [str(v) for v in items if str(v).strip()]
+
+
+def _compression_ratio(source: Dataset) -> str | None:
+    """Uncompressed size / encapsulated size, as a DS (at most 16 characters)."""
+    try:
+        frames = int(source.get("NumberOfFrames") or 1)
+        uncompressed = (int(source.Rows) * int(source.Columns) * int(source.get("SamplesPerPixel", 1))
+                        * (int(source.BitsAllocated) // 8) * frames)
+        compressed = len(source.PixelData)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return f"{uncompressed / compressed:.2f}"[:16] if compressed > 0 and uncompressed > 0 else None

@@ -86,8 +86,7 @@ def synthetic_sc(
     sc.ConversionType = "SYN"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"
-    sc.LossyImageCompression = "00"
-    return sc
+    return sc  # Lossy Image Compression: carried from the source for every object (encode.py)
 
 
 def counterfactual_sc(

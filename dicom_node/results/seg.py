@@ -1,8 +1,11 @@
 """Segmentations on the source's pixel grid: BINARY (the edit mask M, one segment per finding) and
 FRACTIONAL / PROBABILITY (the continuous guidance map G, quantised to 8 bits: stored = round(255 G)).
 
-Both reference the source instance and invent no geometry: the chest CR has no Frame of Reference,
-its invalid Pixel Spacing (0\\0) is dropped and its Patient Orientation kept.
+Both reference the source instance and carry the job's plane geometry (geometry.py: shared Pixel Measures,
+Plane Orientation, per-frame Plane Position and a Frame of Reference, the same as the Parametric Map's),
+which viewers need to lay the segment on the source (OHIF 3.x fails on a SEG without them). For a CR
+without a Frame of Reference that is a new detector-plane frame; its invalid Pixel Spacing (0\\0) is never
+copied, and its Patient Orientation is kept.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results.codes import FINDING_CATEGORY, GENERIC_FINDING, finding_code
-from dicom_node.results.geometry import metadata_copy, orientation_labels
+from dicom_node.results.geometry import PlaneGeometry, geometry_reference, orientation_labels
 from dicom_node.results.provenance import (
     algorithm_identification,
     contributing_equipment,
@@ -24,6 +27,9 @@ from dicom_node.results.provenance import (
 from editor import EditResult
 
 FRACTIONAL_MAX = 255
+# Recommended Display CIELab Value per segment: red first, like the overlay SC (viewers otherwise pick
+# their own and say so: OHIF warns "RecommendedDisplayCIELabValue not found ... default color was used").
+SEGMENT_COLOURS_RGB = ((230, 40, 40), (40, 120, 230), (240, 200, 30), (40, 190, 90), (200, 60, 200), (0, 200, 200))
 
 
 def _segment(
@@ -36,6 +42,7 @@ def _segment(
         segmented_property_type=property_type,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm_identification(result),
+        display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_COLOURS_RGB[(number - 1) % len(SEGMENT_COLOURS_RGB)]),
     )
 
 
@@ -48,13 +55,12 @@ def binary_segments(result: EditResult) -> tuple[list[str], np.ndarray]:
     return names, stack
 
 
-def _finish(seg: Dataset, source: Dataset, result: EditResult, description: str, extra: str) -> Dataset:
+def _finish(seg: Dataset, source: Dataset, result: EditResult, geometry: PlaneGeometry, description: str,
+            extra: str) -> Dataset:
     orientation = orientation_labels(source)
     if orientation is not None:
         seg.PatientOrientation = list(orientation)
-    elif "FrameOfReferenceUID" not in seg:
-        seg.PatientOrientation = None  # Type 2C: present, empty = unknown (never guessed)
-    mark_synthetic(seg, source, result, series_description=description, extra=extra)
+    mark_synthetic(seg, source, result, series_description=description, extra=f"{extra}; {geometry.note}")
     return seg
 
 
@@ -74,6 +80,7 @@ def binary_seg(
     sop_uid: str,
     dimension_uid: str,
     series_number: int,
+    geometry: PlaneGeometry,
     institution_name: str | None = None,
 ) -> Dataset:
     names, stack = binary_segments(result)
@@ -82,7 +89,7 @@ def binary_seg(
         for i, name in enumerate(names, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=[metadata_copy(source)],
+        source_images=[geometry_reference(source, geometry)],
         pixel_array=stack[None].astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -95,7 +102,8 @@ def binary_seg(
     )
     _fix_dimension_uids(seg, dimension_uid)
     return _finish(
-        seg, source, result, f"X2X mask: {result.instruction.canonical()}", "segments: edit mask M per finding"
+        seg, source, result, geometry, f"X2X mask: {result.instruction.canonical()}",
+        "segments: edit mask M per finding",
     )
 
 
@@ -107,6 +115,7 @@ def fractional_seg(
     sop_uid: str,
     dimension_uid: str,
     series_number: int,
+    geometry: PlaneGeometry,
     institution_name: str | None = None,
 ) -> Dataset:
     names = list(result.finding_masks) or []
@@ -114,7 +123,7 @@ def fractional_seg(
     label = "guidance G: " + (", ".join(names) if names else "edit")
     guidance = np.clip(np.asarray(result.guidance, dtype=np.float32), 0.0, 1.0)
     seg = hd.seg.Segmentation(
-        source_images=[metadata_copy(source)],
+        source_images=[geometry_reference(source, geometry)],
         pixel_array=guidance[None, ..., None],
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
@@ -132,6 +141,7 @@ def fractional_seg(
         seg,
         source,
         result,
+        geometry,
         f"X2X guidance map: {result.instruction.canonical()}",
         "fractional PROBABILITY segment: guidance G = prior x relevance, stored round(255 G)",
     )

@@ -27,6 +27,11 @@ DICOMWEB_PLUGIN_CANDIDATES = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
     "/usr/lib/orthanc/libOrthancDicomWeb.so",
 )
+# Debian's orthanc-webviewer: the Orthanc Web Viewer at /web-viewer/app/viewer.html?series=<Orthanc id>
+WEBVIEWER_PLUGIN_CANDIDATES = (
+    "/usr/share/orthanc/plugins/libOrthancWebViewer.so",
+    "/usr/lib/orthanc/libOrthancWebViewer.so",
+)
 
 
 def _free_port() -> int:
@@ -36,7 +41,8 @@ def _free_port() -> int:
 
 
 class Orthanc:
-    def __init__(self, work_dir: Path, *, ae_title: str = "ORTHANC", dicomweb: bool = True):
+    def __init__(self, work_dir: Path, *, ae_title: str = "ORTHANC", dicomweb: bool = True,
+                 webviewer: bool = False):
         self.work_dir = Path(work_dir)
         self.ae_title = ae_title
         self.http_port = _free_port()
@@ -46,6 +52,11 @@ class Orthanc:
         self.log_path = self.work_dir / "orthanc.log"
         plugins = [p for p in DICOMWEB_PLUGIN_CANDIDATES if Path(p).exists()][:1] if dicomweb else []
         self.dicomweb = bool(plugins)
+        if webviewer:
+            found = [p for p in WEBVIEWER_PLUGIN_CANDIDATES if Path(p).exists()][:1]
+            if not found:
+                pytest.fail("the Orthanc Web Viewer plugin is not installed (apt-get install orthanc-webviewer)")
+            plugins += found
         config: dict[str, Any] = {
             "Name": "x2x-test-pacs",
             "StorageDirectory": str(self.work_dir / "db"),
@@ -61,6 +72,7 @@ class Orthanc:
             "HttpThreadsCount": 4,
             "Plugins": plugins,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "WebViewer": {"CachePath": str(self.work_dir / "webviewer-cache"), "Threads": 2},
         }
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=2))
