@@ -211,7 +211,9 @@ class Editor:
         *,
         seed: int,
         params: EditParams | None = None,
+        step_callback: Callable[[int], None] | None = None,
     ) -> EditResult:
+        """`step_callback(i)` is called after DDIM step i (0-based, of `params.steps`), e.g. for progress."""
         from editor.orientation import Orientation
         from editor.preprocess import preprocess
         from editor.regions import build_prior
@@ -237,7 +239,8 @@ class Editor:
         prompt = parsed.canonical()
         with self._lock:
             grid_edit = self.edit_model_grid(
-                pre.model_rgb_tensor(), prompt, region_prior.mask, seed=seed, params=params
+                pre.model_rgb_tensor(), prompt, region_prior.mask, seed=seed, params=params,
+                step_callback=step_callback,
             )
         for stage in ("encode", "relevance", "denoise", "decode"):
             timings[stage] = grid_edit.timings.get(stage, 0.0)

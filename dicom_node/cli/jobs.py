@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from dicom_node.cli.apps import jobs_app, node_context
+from dicom_node.cli.errors import fail
 
 
 @jobs_app.command("retry")
@@ -19,12 +20,11 @@ def jobs_retry(job_id: int = typer.Argument(..., help="Job id (see `x2x jobs lis
     ctx = node_context()
     job = ctx.store.get(job_id)
     if job is None:
-        typer.echo(f"x2x jobs retry: no job {job_id}", err=True)
-        raise typer.Exit(code=1)
+        fail("jobs retry", f"no job {job_id}", "take a job id from `x2x jobs list`")
     previous, last_error = job.state, job.last_error
     try:
         retry_job(ctx, job_id)  # atomic: only failed, dead-letter or cancelled jobs move back to queued
     except JobActionError as exc:
-        typer.echo(f"x2x jobs retry: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        fail("jobs retry", str(exc), "only failed, dead-letter or cancelled jobs can be retried "
+             "(`x2x jobs show ID` shows its state)", cause=exc)
     typer.echo(f"job {job_id} queued again (was {previous}; last error: {last_error or 'none'})")
