@@ -11,13 +11,15 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
@@ -32,7 +34,19 @@ else:  # pragma: no cover
 
 
 class ConfigError(Exception):
-    """An invalid configuration; the message is one line naming the key."""
+    """An invalid configuration; the message is one line naming the key. `problems` holds one line per
+    problem found (the message is the first, with a count of the others)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def check_ae_title(value: str) -> str:
+    """A DICOM AE title: 1-16 characters, no backslash, not only spaces (PS3.5 AE)."""
+    if not value.strip() or len(value) > 16 or "\\" in value:
+        raise ValueError("AE title must be 1-16 characters without backslash")
+    return value
 
 
 class _Section(BaseModel):
@@ -77,14 +91,11 @@ class NodeConfig(_Section):
         description="prompt reactor loops instead of pynetdicom's 1 ms polling (~4x the C-STORE rate); "
         "false = stock pynetdicom",
     )
+    unknown_called_ae: Literal["reject", "default"] = Field("reject", description="called AE title neither "
+        "ae_title nor a rule's: reject = A-ASSOCIATE-RJ (logged); default = as if sent to ae_title (warned)")
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
-    @field_validator("ae_title")
-    @classmethod
-    def _ae_title(cls, v: str) -> str:
-        if not v or len(v) > 16 or "\\" in v:
-            raise ValueError("AE title must be 1-16 characters without backslash")
-        return v
+    _ae_title = field_validator("ae_title")(check_ae_title)
 
 
 class PathsConfig(_Section):
@@ -192,11 +203,14 @@ else:
 class Rule(_Section):
     """Called-AE rule: studies sent to this AE title get this instruction."""
 
+    config_label: ClassVar[str] = "a [[rules]] entry"
     called_ae: str = Field(..., description="AE title the PACS sends to, e.g. X2X_EFFUSION")
     instruction: str = Field(..., description="e.g. 'Add the finding of pleural effusion.'")
     seed: int | None = Field(None, description="overrides [edit] seed")
     steps: int | None = Field(None, description="overrides [edit] steps")
     destination: str | None = Field(None, description="name in [destinations] the results go to")
+
+    _called_ae = field_validator("called_ae")(check_ae_title)
 
 
 class RequestsConfig(_Section):
@@ -210,15 +224,60 @@ class RequestsConfig(_Section):
     )
 
 
-class Destination(_Section):
-    type: Literal["cstore", "stow", "folder"] = "cstore"
-    ae_title: str | None = None
-    host: str | None = None
-    port: int | None = None
-    url: str | None = None
-    path: Path | None = None
-    username: str | None = None
-    password: SecretStr | None = None
+# Destinations: one typed table per type, so a missing or misspelt key fails when the config is loaded
+# (`x2x config check`, `x2x serve`), not hours later when the first job is sent.
+class CStoreDestination(_Section):
+    """`type = "cstore"`: a DICOM C-STORE SCP, e.g. the PACS."""
+
+    config_label: ClassVar[str] = "a cstore destination"
+    type: Literal["cstore"] = Field("cstore", description="cstore (the default when type is omitted)")
+    ae_title: str = Field(..., description="the receiver's AE title, e.g. ORTHANC")
+    host: str = Field(..., min_length=1, description="its host name or address")
+    port: int = Field(..., ge=1, le=65535, description="its DICOM port")
+
+    _ae_title = field_validator("ae_title")(check_ae_title)
+
+
+class StowDestination(_Section):
+    """`type = "stow"`: a DICOMweb STOW-RS service."""
+
+    config_label: ClassVar[str] = "a stow destination"
+    type: Literal["stow"] = Field(..., description="stow")
+    url: str = Field(..., description="DICOMweb root, e.g. http://pacs:8042/dicom-web (/studies is appended)")
+    username: str | None = Field(None, description="HTTP basic auth user")
+    password: SecretStr | None = Field(None, description="HTTP basic auth password")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")) or len(v) <= len("https://"):
+            raise ValueError("url must start with http:// or https://, e.g. http://pacs:8042/dicom-web")
+        return v
+
+
+class FolderDestination(_Section):
+    """`type = "folder"`: files written as <study>/<series>/<sop>.dcm under a folder."""
+
+    config_label: ClassVar[str] = "a folder destination"
+    type: Literal["folder"] = Field(..., description="folder")
+    path: Path = Field(..., description="folder the objects are written to (created when missing)")
+
+
+def _destination_type(value: Any) -> str:
+    """The union's tag; `type` may be omitted and then means cstore (as before the union)."""
+    found = value.get("type", "cstore") if isinstance(value, dict) else getattr(value, "type", "cstore")
+    return str(found)
+
+
+Destination = Annotated[
+    Union[
+        Annotated[CStoreDestination, Tag("cstore")],
+        Annotated[StowDestination, Tag("stow")],
+        Annotated[FolderDestination, Tag("folder")],
+    ],
+    Discriminator(_destination_type, custom_error_type="destination_type",
+                  custom_error_message="type must be 'cstore', 'stow' or 'folder'"),
+]
 
 
 class SendConfig(_Section):
@@ -226,8 +285,10 @@ class SendConfig(_Section):
     max_attempts: int = Field(5, ge=1, description="send attempts before a job is dead-lettered")
     backoff_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles each attempt")
     backoff_max_seconds: float = Field(300.0, ge=0, description="longest retry delay")
-    # calling AE -> destination name, for "send back to the sender's configured peer"
-    peers: dict[str, str] = Field(default_factory=dict)
+    peers: dict[str, str] = Field(
+        default_factory=dict,
+        description="calling AE title -> name in [destinations]: results go back to the sender's peer",
+    )
 
 
 class ResultsConfig(_Section):
@@ -310,6 +371,11 @@ class Settings(BaseSettings):
             f"db+sqlite:///{(self.var_dir / 'celery-results.sqlite').resolve()}"
         )
 
+    def known_called_aes(self) -> list[str]:
+        """The AE titles this node answers to: its own and every rule's (node.unknown_called_ae)."""
+        titles = [self.node.ae_title.strip(), *(rule.called_ae.strip() for rule in self.rules)]
+        return list(dict.fromkeys(titles))
+
     def rule_for(self, called_ae: str) -> Rule | None:
         for rule in self.rules:
             if rule.called_ae.strip() == called_ae.strip():
@@ -321,11 +387,10 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")  # SecretStr dumps masked in json mode
 
 
-def _error_line(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid config key '{key}': {first['msg']}{more}"
+def _error_lines(exc: ValidationError) -> list[str]:
+    from dicom_node.config_keys import describe_errors
+
+    return describe_errors(Settings, exc.errors())
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -347,6 +412,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_error_line(exc)) from exc
+        lines = _error_lines(exc)
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more, lines) from exc
     finally:
         Settings._toml_data = {}

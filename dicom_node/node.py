@@ -54,11 +54,11 @@ class NodeService:
                         "a crash can lose them (benchmarks only)")
         n = receiver_process_count(s)
         if n == 1:
-            self._scp = StorageSCP(s.node, self.spool, self.tracker.handle)
+            self._scp = StorageSCP(s.node, self.spool, self.tracker.handle, called_aes=s.known_called_aes())
             self.address = self._scp.start()
         else:
             self._pool = ReceiverPool(s.node, str(self.spool.root), self.tracker.handle, n,
-                                      s.logging.level, s.logging.json_format)
+                                      s.logging.level, s.logging.json_format, called_aes=s.known_called_aes())
             self._pool.start()
             self.address = (s.node.host, s.node.port)
         self.tracker.start()
@@ -71,10 +71,11 @@ class NodeService:
         host, port = self.address
         log.info(
             "DICOM SCP listening on %s:%d as AE %r (%d receiver process%s, TLS %s, calling-AE allow-list "
-            "%s, study quiet period %.1f s, SCP tuning %s); spool %s",
+            "%s, called AE titles %s (others: %s), study quiet period %.1f s, SCP tuning %s); spool %s",
             host, port, s.node.ae_title, n, "" if n == 1 else "es",
             "on" if s.node.tls.enabled else "off",
-            ",".join(s.node.allowed_calling_aes) or "off", s.node.study_quiet_seconds,
+            ",".join(s.node.allowed_calling_aes) or "off", ",".join(s.known_called_aes()),
+            s.node.unknown_called_ae, s.node.study_quiet_seconds,
             "on" if s.node.scp_tuning else "off (stock pynetdicom)", self.spool.root,
         )
 

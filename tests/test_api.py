@@ -158,6 +158,56 @@ def test_job_lifecycle_upload_show_cancel_retry(ctx, client: TestClient, chest_c
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
+def test_a_rejected_job_request_changes_nothing(ctx, client: TestClient, chest_cr_path: Path) -> None:
+    """A misspelt instruction (422) used to rewrite the study to invalid-request with the bad instruction."""
+    auth = {"Authorization": f"Bearer {_token(ctx)}"}
+    ds = chest_copy(chest_cr_path)
+    r = client.post("/jobs", files={"file": ("cr.dcm", _part10(ds), "application/dicom")},
+                    data={"instruction": INSTRUCTION}, headers=auth)
+    assert r.status_code == 201, r.text
+    before = client.get(f"/studies/{ds.StudyInstanceUID}").json()
+    spool_before = sorted(ctx.settings.spool_dir.rglob("*.dcm"))
+
+    r = client.post("/jobs", json={"study_instance_uid": ds.StudyInstanceUID,
+                                   "instruction": "Add the finding of pleural efusion."}, headers=auth)
+    assert r.status_code == 422
+    assert r.json()["detail"].count("did you mean") == 1 and "pleural effusion" in r.json()["detail"]
+    r = client.post("/jobs", json={"study_instance_uid": ds.StudyInstanceUID, "instruction": INSTRUCTION,
+                                   "params": {"tau": 7}}, headers=auth)
+    assert r.status_code == 422
+    assert client.get(f"/studies/{ds.StudyInstanceUID}").json() == before
+    assert len(client.get("/jobs").json()["jobs"]) == 1
+
+    # refused uploads store nothing and record nothing: a bad instruction, an ineligible (lateral) image
+    for instruction, image in (("Add the finding of pleural efusion.", chest_copy(chest_cr_path)),
+                               (INSTRUCTION, chest_copy(chest_cr_path, ViewPosition="LL"))):
+        r = client.post("/jobs", files={"file": ("x.dcm", _part10(image), "application/dicom")},
+                        data={"instruction": instruction}, headers=auth)
+        assert r.status_code == 422, r.text
+        assert client.get(f"/studies/{image.StudyInstanceUID}").status_code == 404
+    assert sorted(ctx.settings.spool_dir.rglob("*.dcm")) == spool_before
+
+
+def test_dashboard_shows_skips_and_request_errors(ctx, client: TestClient, chest_cr_path: Path) -> None:
+    """Skipped instances and refused requests are not jobs: the dashboard's Studies table shows them."""
+    from dicom_node.inbound.spool import Spool
+    from dicom_node.studies.intake import create_jobs_for_study
+    from dicom_node.studies.requests import write_private_block
+
+    spool = Spool(ctx.settings.spool_dir)
+    lateral = chest_copy(chest_cr_path, ViewPosition="LL")
+    bad = chest_copy(chest_cr_path)
+    write_private_block(bad, "Add the finding of pleural efusion.")
+    for image in (lateral, bad):
+        spool.store(_part10(image), study_uid=image.StudyInstanceUID, series_uid=image.SeriesInstanceUID,
+                    sop_uid=image.SOPInstanceUID)
+        create_jobs_for_study(ctx, image.StudyInstanceUID, called_ae="X2X", calling_ae="MOD1")
+    for page in (client.get("/").text, client.get("/dashboard/studies").text):
+        assert lateral.StudyInstanceUID in page and bad.StudyInstanceUID in page
+        assert "not edited: view position LL is not frontal" in page
+        assert "request error: " in page and "pleural efusion" in page
+
+
 def test_readyz_reports_each_dependency_and_fails_on_unwritable_spool(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -49,3 +49,27 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert len(commands) == 2, "the quick start is exactly two commands"
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines()
+
+
+def test_readme_demo_leaves_the_checkout_clean() -> None:
+    """The demo's phantom studies used to land in an untracked demo/ folder of the checkout."""
+    import shlex
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    demo = re.search(r"## See it work.*?```bash\n(.*?)```", readme, re.S)
+    assert demo, "README has no demo block"
+    (write,) = [ln for ln in demo.group(1).splitlines() if "phantom-studies" in ln]
+    words = shlex.split(write.split("#")[0])
+    folder = words[words.index("phantom-studies") + 1]
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{folder.rstrip('/')}/study-1.dcm"], cwd=ROOT)
+    assert ignored.returncode == 0, f"{folder} is not ignored by git: the demo would leave untracked files"
+    assert f"{folder.rstrip('/')}/*.dcm" in demo.group(1), "the demo sends what it wrote"
+
+
+def test_operations_has_the_first_day_mistakes() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = re.search(r"## First day.*?\n(.*?)(?:\n## |\Z)", text, re.S)
+    assert section, "docs/operations.md has no First day section"
+    items = re.findall(r"^\s*(\d+)\. \*\*", section.group(1), re.M)
+    assert items == [str(i) for i in range(1, 11)], items

@@ -39,7 +39,8 @@ def _pynetdicom_store(port: int, path: Path, *, calling_ae: str = "PYSCU", ssl_c
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, tls_args=(ssl_context, "localhost") if ssl_context else None)
+    assoc = ae.associate("127.0.0.1", port, ae_title="X2X",
+                         tls_args=(ssl_context, "localhost") if ssl_context else None)
     assert assoc.is_established
     try:
         status = assoc.send_c_store(path)
@@ -102,6 +103,48 @@ def test_unknown_calling_ae_rejected(tmp_path, scp_loops, tiny_model_dir):
                       "the rejection to be logged")
         assert "not in node.allowed_calling_aes" in node.log_text()
         assert node.echo() is False  # pynetdicom's default calling AE is not allowed either
+
+
+def test_unknown_called_ae_rejected_by_default(tmp_path, tiny_model_dir, chest_cr_path):
+    """A misspelt rule AE (X2X_WRONG for X2X_EFFUSION) used to be stored and edited from its private tag:
+    now the association is refused (called AE not recognised) and the refusal logged with who sent it."""
+    cfg = '[[rules]]\ncalled_ae = "X2X_EFFUSION"\ninstruction = "Add the finding of pleural effusion."\n'
+    with run_node(tmp_path, cfg, model_dir=tiny_model_dir, receiver_processes=2) as node:
+        assert echoscu(node.port, called_ae="X2X").returncode == 0
+        assert echoscu(node.port, called_ae="X2X_EFFUSION").returncode == 0
+        wrong = echoscu(node.port, calling_ae="MODALITY7", called_ae="X2X_WRONG")
+        assert wrong.returncode != 0
+        assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+        sent = storescu(node.port, renumbered_copy(chest_cr_path, tmp_path / "cr.dcm"), called_ae="X2X_WRONG")
+        assert sent.returncode != 0 and store_statuses(sent) == []
+        assert node.spool_files() == []
+        line = node.wait_for(lambda: next((ln for ln in node.log_text().splitlines()
+                                           if "called AE title 'X2X_WRONG' not recognised" in ln), None),
+                             10, "the refusal to be logged")
+        assert "calling AE 'MODALITY7' from 127.0.0.1:" in line, line
+
+
+def test_unknown_called_ae_policy_default_accepts_as_the_node_ae(tmp_path, chest_cr_path, caplog):
+    import logging
+
+    from dicom_node.config import NodeConfig
+    from dicom_node.inbound.scp import StorageSCP
+    from dicom_node.inbound.spool import Spool
+
+    port = free_port()
+    events: list = []
+    config = NodeConfig(host="127.0.0.1", port=port, unknown_called_ae="default")
+    scp = StorageSCP(config, Spool(tmp_path / "spool"), events.append, called_aes=["X2X", "X2X_EFFUSION"])
+    scp.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="x2x.receive"):
+            sent = storescu(port, renumbered_copy(chest_cr_path, tmp_path / "cr.dcm"), called_ae="X2X_WRONG")
+    finally:
+        scp.stop()
+    assert store_statuses(sent) == ["Success"]
+    assert "called AE 'X2X_WRONG' is not one of this node's AE titles" in caplog.text
+    assert "calling AE 'STORESCU' from 127.0.0.1:" in caplog.text
+    assert [e.called_ae for e in events if type(e).__name__ == "InstanceReceived"] == ["X2X_WRONG"]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -212,7 +255,7 @@ def test_concurrent_associations_and_undecodable_dataset(tmp_path, scp_loops, ti
         ae = AE(ae_title="MANY")
         ae.requested_contexts = StoragePresentationContexts[:10]
         # more than pynetdicom's default of 10 concurrent associations
-        assocs = [ae.associate("127.0.0.1", node.port) for _ in range(12)]
+        assocs = [ae.associate("127.0.0.1", node.port, ae_title="X2X") for _ in range(12)]
         try:
             assert all(a.is_established for a in assocs)
             # a data set without Study/Series Instance UID: refused with a reason, node keeps serving
@@ -292,7 +335,7 @@ def test_acceptor_pause_handshake_and_no_standard_log_handlers(tmp_path: Path, t
     try:
         ae = AE(ae_title="PAUSER")
         ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port)
+        assoc = ae.associate("127.0.0.1", port, ae_title="X2X")
         assert assoc.is_established
         assert scp._server is not None
         (acceptor,) = scp._server.active_associations

@@ -9,7 +9,13 @@ from typing import Any
 import pydicom
 import pytest
 
-from dicom_node.config import Destination, load_settings
+from dicom_node.config import (
+    ConfigError,
+    CStoreDestination,
+    FolderDestination,
+    StowDestination,
+    load_settings,
+)
 from dicom_node.results import encode_results, save_objects
 from dicom_node.send import SendError, get_sender, resolve_destination
 from tests.conftest import free_port
@@ -30,7 +36,7 @@ def _study_uid(objects: dict[str, Path]) -> str:
 
 @pytest.mark.integration
 def test_cstore_delivers_all_five_and_resend_adds_nothing(objects: dict[str, Path], orthanc: Orthanc) -> None:  # noqa: F811
-    dest = Destination(type="cstore", host="127.0.0.1", port=orthanc.dicom_port, ae_title=orthanc.ae_title)
+    dest = CStoreDestination(type="cstore", host="127.0.0.1", port=orthanc.dicom_port, ae_title=orthanc.ae_title)
     sender = get_sender(dest, name="pacs", calling_ae="X2X")
     report = sender.send(list(objects.values()))
     assert report.ok, report.failed
@@ -46,7 +52,7 @@ def test_cstore_delivers_all_five_and_resend_adds_nothing(objects: dict[str, Pat
 @pytest.mark.integration
 def test_stow_rs_delivers_to_orthanc_dicomweb(objects: dict[str, Path], orthanc: Orthanc) -> None:  # noqa: F811
     assert orthanc.dicomweb, "Orthanc's DICOMweb plugin is not installed"
-    sender = get_sender(Destination(type="stow", url=orthanc.dicomweb_url), name="web")
+    sender = get_sender(StowDestination(type="stow", url=orthanc.dicomweb_url), name="web")
     report = sender.send([pydicom.dcmread(p) for p in objects.values()])  # datasets work as well as files
     assert report.ok, report.failed
     assert orthanc.instance_count() == 5
@@ -56,17 +62,18 @@ def test_stow_rs_delivers_to_orthanc_dicomweb(objects: dict[str, Path], orthanc:
 @pytest.mark.integration
 def test_unreachable_destinations_fail_every_object(objects: dict[str, Path]) -> None:
     dead = free_port()  # nothing listens there
-    cstore = get_sender(Destination(type="cstore", host="127.0.0.1", port=dead, ae_title="NOBODY"))
+    cstore = get_sender(CStoreDestination(type="cstore", host="127.0.0.1", port=dead, ae_title="NOBODY"))
     report = cstore.send(list(objects.values()))
     assert not report.ok and report.sent == [] and len(report.failed) == 5
     assert "association" in report.error_summary()
-    stow = get_sender(Destination(type="stow", url=f"http://127.0.0.1:{dead}/dicom-web"))
+    stow = get_sender(StowDestination(type="stow", url=f"http://127.0.0.1:{dead}/dicom-web"))
     report = stow.send(list(objects.values()))
     assert not report.ok and len(report.failed) == 5 and "STOW-RS" in report.error_summary()
 
 
 def test_folder_sender_writes_study_series_sop(objects: dict[str, Path], tmp_path: Path) -> None:
-    report = get_sender(Destination(type="folder", path=tmp_path / "out"), name="share").send(list(objects.values()))
+    share = FolderDestination(type="folder", path=tmp_path / "out")
+    report = get_sender(share, name="share").send(list(objects.values()))
     assert report.ok and len(report.sent) == 5
     files = sorted((tmp_path / "out").rglob("*.dcm"))
     assert len(files) == 5
@@ -95,8 +102,9 @@ def test_destination_resolution_order(tmp_path: Path) -> None:
     assert pick(bare, job_destination=None, calling_ae="OTHER") is None
     with pytest.raises(SendError, match="not defined"):
         pick(settings, job_destination="missing", calling_ae=None)
-    with pytest.raises(SendError, match="needs host"):
-        get_sender(Destination(type="cstore"), name="incomplete")
+    # an incomplete destination no longer waits for the first send: the config does not load
+    with pytest.raises(ConfigError, match=r"'destinations\.incomplete\.host'"):
+        load_settings(None, destinations={"incomplete": {"type": "cstore"}})
 
 
 def _pipeline_job(

@@ -241,3 +241,98 @@ def test_sigkill_mid_send_then_restart_no_loss_no_duplicates(tmp_path, tiny_mode
         jobs = node2.jobs()
         sops = [j["sop_instance_uid"] for j in jobs]
         assert len(sops) == 50 and len(set(sops)) == 50
+
+
+# Body Part Examined: what modalities really write ----------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # what modalities write, not what the standard says
+@pytest.mark.parametrize("value", ["CHEST", "chest", "Thorax", "THORAX", "LUNG", "lungs", "TORSO", "CHEST_PA",
+                                   "PORT CHEST", "Tórax", "BRUSTKORB", "poumon", "TORACE", "BRÖSTKORG", ""])
+def test_chest_body_part_synonyms_are_eligible(value: str) -> None:
+    from pydicom.dataset import Dataset
+
+    from dicom_node.studies.eligibility import skip_reason
+
+    ds = Dataset()
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "CR", "PA", value
+    assert skip_reason(ds) is None
+
+
+@pytest.mark.parametrize("value", ["ABDOMEN", "SKULL", "HAND", "KNEE", "CHESTNUT"])
+def test_other_body_parts_are_skipped_with_the_value(value: str) -> None:
+    from pydicom.dataset import Dataset
+
+    from dicom_node.studies.eligibility import skip_reason
+
+    ds = Dataset()
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DX", "AP", value
+    reason = skip_reason(ds)
+    assert reason is not None and value in reason
+
+
+def test_accepted_body_part_is_recorded_with_the_instance(tmp_path, tiny_model_dir, chest_cr_path):
+    from dicom_node.studies.records import study_instances
+
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    spooled = _spool_copy(ctx, chest_cr_path, tmp_path / "in", BodyPartExamined="Thorax")
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X_EFFUSION", calling_ae="SCU")
+    assert len(out.created_jobs) == 1
+    (row,) = study_instances(ctx.db, spooled.StudyInstanceUID)
+    assert row.status == "job" and row.body_part == "Thorax"
+
+
+def test_unknown_called_ae_default_policy_uses_the_default_request(tmp_path, tiny_model_dir, chest_cr_path):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    ctx.settings.requests.default_instruction = "Remove the finding of cardiomegaly."
+    spooled = _spool_copy(ctx, chest_cr_path, tmp_path / "in")
+    ctx.settings.node.unknown_called_ae = "default"
+    out = create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X_WRONG", calling_ae="SCU")
+    assert ctx.store.get(out.created_jobs[0]).instruction == "Remove the finding of cardiomegaly."
+
+
+def test_request_error_says_did_you_mean_once(tmp_path, tiny_model_dir, chest_cr_path):
+    ctx = _ctx(tmp_path, tiny_model_dir)
+    src = tmp_path / "bad.dcm"
+    ds = pydicom.dcmread(chest_cr_path)
+    write_private_block(ds, "Add the finding of pleural efusion.")
+    ds.save_as(src)
+    spooled = _spool_copy(ctx, src, tmp_path / "in")
+    create_jobs_for_study(ctx, spooled.StudyInstanceUID, called_ae="X2X", calling_ae="SCU")
+    rec = study_record(ctx.db, spooled.StudyInstanceUID)
+    assert rec is not None and (rec.request_error or "").count("did you mean") == 1, rec.request_error
+
+
+# Where operators look: x2x studies list|show, x2x jobs list --------------------------------------------
+def test_studies_cli_shows_skips_and_request_errors(tmp_path, tiny_model_dir, chest_cr_path):
+    import sys
+
+    cfg = tmp_path / "x2x.toml"
+    cfg.write_text(f'[paths]\nvar_dir = "{tmp_path / "var"}"\n[model]\npath = "{tiny_model_dir}"\n'
+                   '[queue]\nembedded_worker = false\n'
+                   '[[rules]]\ncalled_ae = "X2X_EFFUSION"\ninstruction = "Add the finding of pleural effusion."\n')
+    ctx = build_context(load_settings(cfg))
+    study = pydicom.uid.generate_uid()
+    _spool_copy(ctx, chest_cr_path, tmp_path / "a", study_uid=study)
+    _spool_copy(ctx, chest_cr_path, tmp_path / "b", study_uid=study, ViewPosition="LL")
+    create_jobs_for_study(ctx, study, called_ae="X2X_EFFUSION", calling_ae="MOD1")
+    bad_src = tmp_path / "bad.dcm"
+    bad = pydicom.dcmread(chest_cr_path)
+    write_private_block(bad, "Add the finding of pleural efusion.")
+    bad.save_as(bad_src)
+    bad_study = _spool_copy(ctx, bad_src, tmp_path / "c").StudyInstanceUID
+    create_jobs_for_study(ctx, bad_study, called_ae="X2X", calling_ae="MOD2")
+
+    def x2x(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "dicom_node.cli", "-c", str(cfg), *args], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    listed = x2x("studies", "list")
+    assert study in listed and bad_study in listed
+    assert "view position LL is not frontal" in listed
+    assert "REQUEST ERROR" in listed and "pleural efusion" in listed
+    shown = x2x("studies", "show", study)
+    assert "job 1" in shown and "skipped: view position LL" in shown
+    jobs = x2x("jobs", "list")
+    assert "2 instance(s) not edited, 1 study request(s) refused" in jobs  # the lateral, the bad request
+    assert "x2x studies list" in jobs

@@ -261,3 +261,26 @@ def test_cached_latents_give_the_uncached_loss(tiny_model_dir: Path, pair_datase
     cache = torch.load(run / "latent_cache.pt", weights_only=True)  # kept for resumes: not encoded again
     assert sorted(cache["moments"]) == sorted(moments) and cache["key"]["resolution"] == RES
     assert torch.allclose(cache["moments"]["cur1"], moments["cur1"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_cli_shows_progress_on_a_terminal_only(tiny_model_dir: Path, pair_dataset: Path, tmp_path: Path) -> None:
+    """`x2x train` ran for hours with a bar on a pipe (or nothing on a terminal): the bar (steps, loss) is on
+    the terminal's stderr; in a pipe stdout has the result line and stderr no bar."""
+    import subprocess
+    import sys
+
+    from tests.support.terminal import run_on_terminal
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "dicom_node.cli", "train", "--base-model", str(tiny_model_dir), "--dataset",
+                str(pair_dataset), "--out", str(out), "--resolution", str(RES), "--max-steps", "3",
+                "--batch-size", "2", "--effective-batch", "2", "--cpu", "--workers", "0", "--log-every", "1"]
+
+    code, stdout, terminal = run_on_terminal(cmd(tmp_path / "tty"), timeout=300)
+    assert code == 0, terminal[-2000:]
+    assert "trained " in stdout
+    assert "3/3" in terminal and "loss" in terminal, terminal[-2000:]
+    piped = subprocess.run(cmd(tmp_path / "pipe"), capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert "trained " in piped.stdout and "3/3" not in piped.stderr

@@ -1,7 +1,9 @@
 """The dashboard: one self-contained HTML page (no CDN; works offline).
 
+Two tables: jobs (with previews) and studies — what arrived, the request error if its instruction was
+refused, and why instances were not edited (lateral, CT, no request, ...), which no job shows.
 Rows are rendered on the server so the page is complete without JavaScript; a small script then
-refreshes the table from `GET /jobs` every few seconds.
+refreshes the jobs from `GET /jobs` and the studies from `/dashboard/studies` every few seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from dicom_node.api.deps import get_ctx
 from dicom_node.api.views import job_view
 from dicom_node.context import NodeContext
+from dicom_node.studies.records import list_studies, skip_summary
 
 router = APIRouter()
 
@@ -33,6 +36,9 @@ th{background:#eef0f3}.state{font-weight:600;padding:2px 6px;border-radius:3px}
 .ph{display:flex;align-items:center;justify-content:center;color:#888;background:#333}
 .syn{color:#b00;font-weight:700}.uid{font-family:monospace;font-size:11px;color:#555}
 .err{color:#a00;font-size:12px;max-width:280px;overflow-wrap:anywhere}
+h2{font-size:16px;margin:18px 0 6px}.skip{color:#7a4b00;font-size:12px;overflow-wrap:anywhere}
+.processed{background:#d8f5d8}.invalid-request,.error{background:#f9d6d6}.no-request{background:#e5e5e5}
+.receiving{background:#fff3c4}
 """
 
 _SCRIPT = """
@@ -54,7 +60,9 @@ async function refresh(){try{const r=await fetch("/jobs?limit=50");if(!r.ok)retu
   document.getElementById("rows").innerHTML=d.jobs.map(row).join("")||'<tr><td colspan=6>no jobs yet</td></tr>';
   document.getElementById("counts").textContent=Object.entries(d.counts).filter(([k,v])=>v)
   .map(([k,v])=>k+": "+v).join("  ·  ");}catch(e){}}
-setInterval(refresh,3000);
+async function refreshStudies(){try{const r=await fetch("/dashboard/studies");if(!r.ok)return;
+  document.getElementById("studies").innerHTML=await r.text();}catch(e){}}
+setInterval(refresh,3000);setInterval(refreshStudies,3000);
 """
 
 
@@ -99,6 +107,32 @@ def _row(ctx: NodeContext, job: dict[str, Any]) -> str:
     )
 
 
+def render_study_rows(ctx: NodeContext, limit: int = 50) -> str:
+    """The studies table's rows: state, AE titles, counts, and the request error or the skip reasons."""
+    records = list_studies(ctx.db, limit=limit)
+    reasons = skip_summary(ctx.db, [r.study_instance_uid for r in records])
+    rows = []
+    for r in records:
+        state = html.escape(r.state)
+        notes = []
+        if r.request_error:
+            notes.append(f'<div class="err">request error: {html.escape(r.request_error)}</div>')
+        notes += [f'<div class="skip">not edited: {html.escape(why)}</div>'
+                  for why in reasons.get(r.study_instance_uid, [])]
+        if r.instruction and not r.request_error:
+            notes.insert(0, html.escape(r.instruction))
+        rows.append(
+            f'<tr class="study" data-study-uid="{html.escape(r.study_instance_uid)}" data-state="{state}">'
+            f"<td>{html.escape(f'{r.updated_at:%Y-%m-%d %H:%M:%S}')}</td>"
+            f'<td><span class="state {state}">{state}</span></td>'
+            f'<td><div class="uid">{html.escape(r.study_instance_uid)}</div>'
+            f"{html.escape(r.calling_ae or '?')} &rarr; {html.escape(r.called_ae or '?')}</td>"
+            f"<td>{r.instance_count} received<br>{r.jobs_created} job(s)<br>{r.skipped_count} not edited</td>"
+            f"<td>{''.join(notes)}</td></tr>"
+        )
+    return "".join(rows) or "<tr><td colspan=5>no studies yet</td></tr>"
+
+
 def render_dashboard(ctx: NodeContext, limit: int = 50) -> str:
     jobs = [job_view(j) for j in ctx.store.list(limit=limit)]
     counts = ctx.store.count_by_state()
@@ -115,6 +149,10 @@ def render_dashboard(ctx: NodeContext, limit: int = 50) -> str:
 <table><thead><tr><th>job</th><th>state</th><th>instruction / study</th><th>created (UTC)</th>
 <th>timings</th><th>source · counterfactual · guidance overlay</th></tr></thead>
 <tbody id="rows">{rows}</tbody></table>
+<h2>Studies: what arrived, request errors, and why instances were not edited</h2>
+<table><thead><tr><th>updated (UTC)</th><th>state</th><th>study / calling &rarr; called AE</th>
+<th>instances</th><th>request / request error / not edited (reason)</th></tr></thead>
+<tbody id="studies">{render_study_rows(ctx, limit)}</tbody></table>
 <script>const INITIAL={json.dumps(len(jobs))};{_SCRIPT}</script>
 </body></html>"""
 
@@ -123,3 +161,9 @@ def render_dashboard(ctx: NodeContext, limit: int = 50) -> str:
 @router.get("/dashboard", response_class=HTMLResponse, tags=["dashboard"])
 def dashboard(ctx: NodeContext = Depends(get_ctx)) -> HTMLResponse:
     return HTMLResponse(render_dashboard(ctx))
+
+
+@router.get("/dashboard/studies", response_class=HTMLResponse, include_in_schema=False)
+def dashboard_studies(ctx: NodeContext = Depends(get_ctx)) -> HTMLResponse:
+    """The studies table's rows (the page's script refreshes them)."""
+    return HTMLResponse(render_study_rows(ctx))

@@ -25,7 +25,7 @@ from dicom_node.inbound.spool import Spool
 from dicom_node.jobs.admin import JobActionError, cancel_job, retry_delivery, retry_job
 from dicom_node.jobs.deliveries import deliveries
 from dicom_node.jobs.states import STATES
-from dicom_node.studies.intake import ExplicitRequest, create_jobs_for_study
+from dicom_node.studies.intake import ExplicitRequest, create_jobs_for_study, refusal
 from dicom_node.studies.records import StudyOutcome
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -88,27 +88,45 @@ def _outcome_view(ctx: NodeContext, outcome: StudyOutcome) -> dict[str, Any]:
     }
 
 
+def _refuse_if_needed(ctx: NodeContext, explicit: ExplicitRequest, datasets: list[Any]) -> None:
+    """A request that would be refused is refused before anything is written (spool, study records)."""
+    why = refusal(ctx.settings, explicit, datasets)
+    if why is not None:
+        raise HTTPException(422, why)
+
+
 def submit_for_study(ctx: NodeContext, req: JobRequest) -> dict[str, Any]:
     """An edit of a study already in the spool."""
-    if not Spool(ctx.settings.spool_dir).instances(req.study_instance_uid):
+    files = Spool(ctx.settings.spool_dir).instances(req.study_instance_uid)
+    if not files:
         raise HTTPException(404, f"study {req.study_instance_uid} is not in the spool")
     explicit = _explicit(ctx, req)
+    readable = []
+    for path in files:
+        try:
+            readable.append(pydicom.dcmread(path, defer_size=1024))
+        except Exception:  # noqa: BLE001 - recorded as unreadable by the intake, not a reason to refuse
+            continue
+    _refuse_if_needed(ctx, explicit, readable)
     outcome = create_jobs_for_study(ctx, req.study_instance_uid, origin=API, explicit=explicit)
     return _outcome_view(ctx, outcome)
 
 
 def submit_upload(ctx: NodeContext, uploads: list[bytes], req: JobRequest) -> dict[str, Any]:
-    """DICOM files in the request: spool them, then create jobs for their studies with this request."""
+    """DICOM files in the request: checked, spooled, then jobs for their studies with this request."""
     explicit = _explicit(ctx, req)
+    parsed = []
+    for index, raw in enumerate(uploads):
+        try:
+            ds = pydicom.dcmread(io.BytesIO(raw))
+            parsed.append((raw, ds, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+        except Exception as exc:
+            raise HTTPException(422, f"file part {index} is not a DICOM Part 10 object ({type(exc).__name__})") from exc
+    _refuse_if_needed(ctx, explicit, [item[1] for item in parsed])
     spool = Spool(ctx.settings.spool_dir)
     studies: set[str] = set()
     association = new_association_id()
-    for index, raw in enumerate(uploads):
-        try:
-            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
-            study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-        except Exception as exc:
-            raise HTTPException(422, f"file part {index} is not a DICOM Part 10 object ({type(exc).__name__})") from exc
+    for raw, _ds, study, series, sop in parsed:
         try:
             spool_instance(spool, raw, study_uid=study, series_uid=series, sop_uid=sop, association_id=association,
                            called_ae=ctx.settings.node.ae_title, origin=API, sink=None)

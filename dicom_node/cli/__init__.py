@@ -18,13 +18,16 @@ from dicom_node.cli import (  # noqa: F401  (imported to register their commands
     reproduce,
     research,
     serve,
+    studies,
     worker,
 )
 from dicom_node.cli.apps import app
+from dicom_node.cli.errors import run
 
 
 def main() -> None:
-    app()
+    """`x2x`: an unexpected error is one line with what to do (`x2x --debug` for the traceback)."""
+    run(app)
 
 
 __all__ = ["app", "main"]

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 
 from dicom_node.cli.apps import app, jobs_app, node_context
+from dicom_node.cli.errors import fail
 
 
 def _context() -> Any:
@@ -78,23 +79,34 @@ def _redact(url: str) -> str:
 def jobs_list(
     state: Optional[list[str]] = typer.Option(None, "--state", "-s", help="Filter by state (repeatable)."),
     study: Optional[str] = typer.Option(None, help="Filter by Study Instance UID."),
-    limit: int = typer.Option(50, min=1),
+    limit: int = typer.Option(50, min=1, help="At most this many jobs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Recent jobs, newest first."""
+    """Recent jobs, newest first. Instances that were not edited (and refused requests) are not jobs:
+    `x2x studies list` shows them."""
     from dicom_node.jobs.states import STATES
 
     bad = [x for x in state or [] if x not in STATES]
     if bad:
-        typer.echo(f"x2x: unknown state(s) {bad}; known: {', '.join(STATES)}", err=True)
-        raise typer.Exit(2)
-    jobs = _context().store.list(state=state or None, study_instance_uid=study, limit=limit)
+        fail("jobs list", f"unknown state(s) {', '.join(bad)}", f"use one of: {', '.join(STATES)}", code=2)
+    from dicom_node.studies.records import not_edited_counts
+
+    ctx = _context()
+    jobs = ctx.store.list(state=state or None, study_instance_uid=study, limit=limit)
     if as_json:
         typer.echo(json.dumps([_view(j) for j in jobs], indent=2, default=str))
         return
-    typer.echo(f"{'id':>6}  {'state':<12} {'att':>3}  {'created (UTC)':<19}  instruction")
+    if jobs:
+        typer.echo(f"{'id':>6}  {'state':<12} {'att':>3}  {'created (UTC)':<19}  instruction")
+    else:
+        typer.echo("no jobs" + (" match" if state or study else " yet"))
     for j in jobs:
         typer.echo(f"{j.id:>6}  {j.state:<12} {j.attempts:>3}  {j.created_at:%Y-%m-%d %H:%M:%S}  {j.instruction}")
+    # Skipped instances and refused requests never become jobs: say where they are.
+    skipped, refused = not_edited_counts(ctx.db)
+    if skipped or refused:
+        typer.echo(f"not jobs: {skipped} instance(s) not edited, {refused} study request(s) refused; why: "
+                   "x2x studies list (or the dashboard's Studies table, GET /studies)")
 
 
 @jobs_app.command("show")
@@ -106,8 +118,7 @@ def jobs_show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
     ctx = _context()
     job = ctx.store.get(job_id)
     if job is None:
-        typer.echo(f"x2x: no job {job_id}", err=True)
-        raise typer.Exit(1)
+        fail("jobs show", f"no job {job_id}", "take a job id from `x2x jobs list`")
     view = _view(job) | {"deliveries": [d.to_dict() for d in deliveries(ctx, job_id)]}
     typer.echo(json.dumps(view, indent=2, default=str))
 
@@ -120,9 +131,7 @@ def jobs_cancel(job_id: int = typer.Argument(..., help="Job id.")) -> None:
     try:
         job = cancel_job(_context(), job_id)
     except KeyError:
-        typer.echo(f"x2x: no job {job_id}", err=True)
-        raise typer.Exit(1) from None
+        fail("jobs cancel", f"no job {job_id}", "take a job id from `x2x jobs list`")
     except JobActionError as exc:
-        typer.echo(f"x2x: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail("jobs cancel", str(exc), "only a job that has not finished can be cancelled (`x2x jobs show ID`)")
     typer.echo(f"job {job.id} cancelled")

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from dicom_node.cli.errors import CONFIG_HELP, fail, set_debug
 from dicom_node.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from dicom_node.context import NodeContext
 
+# Help is plain text (no Rich markup): help strings name config keys as "[edit] steps", which Rich markup
+# would swallow as style tags ("(default:  steps)").
 app = typer.Typer(
     name="x2x",
     help="InstructX2X DICOM node: region-specific counterfactual chest X-ray editing beside a PACS. "
@@ -23,16 +26,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
-model_app = typer.Typer(help="Create and inspect models.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Inspect and manage jobs (list, show, retry, cancel).", no_args_is_help=True)
-dataset_app = typer.Typer(help="Build training data (MIMIC-EDIT-INSTRUCTION, phantoms).", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks printing JSON with ratios against a reference.", no_args_is_help=True)
+
+
+def _group(help_text: str) -> typer.Typer:
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
+
+
+config_app = _group("Show and check the configuration.")
+model_app = _group("Create and inspect models.")
+jobs_app = _group("Inspect and manage jobs (list, show, retry, cancel).")
+studies_app = _group("What arrived: studies, their edit request (or its error), every skipped instance and why.")
+dataset_app = _group("Build training data (MIMIC-EDIT-INSTRUCTION, phantoms).")
+bench_app = _group("Benchmarks printing JSON with ratios against a reference.")
 
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(studies_app, name="studies")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(bench_app, name="bench")
 
@@ -44,8 +56,17 @@ def _main(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", envvar="X2X_CONFIG", help="TOML config file (else $X2X_CONFIG)."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="X2X_DEBUG", help="On an error, show the full traceback (else one line)."
+    ),
 ) -> None:
     _state["config"] = config
+    set_debug(debug)
+
+
+def config_path() -> Optional[Path]:
+    """The --config file of this invocation (else $X2X_CONFIG is read by load_settings)."""
+    return _state["config"]
 
 
 def settings() -> Settings:
@@ -53,8 +74,7 @@ def settings() -> Settings:
     try:
         return load_settings(_state["config"])
     except ConfigError as exc:
-        typer.echo(f"x2x: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("", str(exc), CONFIG_HELP, code=2, cause=exc)
 
 
 def node_context(s: Settings | None = None) -> NodeContext:
@@ -65,6 +85,5 @@ def node_context(s: Settings | None = None) -> NodeContext:
 
     try:
         return build_context(s if s is not None else settings())
-    except SchemaTooNew as exc:
-        typer.echo(f"x2x: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    except SchemaTooNew as exc:  # its message says what to do
+        fail("", str(exc), None, code=2, cause=exc)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from dicom_node.cli.apps import app, settings
+from dicom_node.cli.errors import INSTRUCTION_HELP, fail
 
 
 @app.command()
@@ -46,14 +47,13 @@ def batch(
     from dicom_node.tools.batch import BatchRunner, Manifest, parse_peer, plan_items, read_instructions_csv
 
     if (instruction is None) == (instructions_csv is None):
-        typer.echo("x2x: give exactly one of --instruction or --instructions-csv", err=True)
-        raise typer.Exit(2)
+        fail("batch", "give exactly one of --instruction or --instructions-csv",
+             "one instruction for every image, or a CSV of path|sop_instance_uid, instruction[, seed]", code=2)
     if send:
         try:
             parse_peer(send)
         except ValueError as exc:
-            typer.echo(f"x2x: --send: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail("batch", f"--send: {exc}", "write the receiver as AE@host:port, e.g. PACS@10.0.0.5:104", code=2)
     s = settings()
     setup_logging(s.logging.level if s.logging.level.upper() != "INFO" else "WARNING", s.logging.json_format)
     console = Console(stderr=True)
@@ -62,14 +62,12 @@ def batch(
 
         try:
             parse_instruction(instruction)
-        except InstructionError as exc:
-            typer.echo(f"x2x: invalid instruction: {exc}", err=True)
-            raise typer.Exit(2) from None
+        except InstructionError as exc:  # its message already carries the "did you mean"
+            fail("batch", f"invalid instruction: {exc}", INSTRUCTION_HELP, code=2)
     try:
         params = resolve_params(s, {"steps": steps})
     except InvalidEditParams as exc:
-        typer.echo(f"x2x: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail("batch", str(exc), "use a value inside the bounds `x2x config reference` lists for [edit]", code=2)
     per_file = read_instructions_csv(instructions_csv) if instructions_csv else None
     base_seed = default_seed(s, seed)
     items = plan_items(src.resolve(), instruction=instruction, per_file=per_file, seed=base_seed)

@@ -24,6 +24,7 @@ from pathlib import Path
 import typer
 
 from dicom_node.cli.apps import bench_app
+from dicom_node.cli.errors import fail
 
 _ENV = dict(os.environ, TCP_NODELAY="1")
 
@@ -72,13 +73,17 @@ def make_instances(out_dir: Path, count: int, target_bytes: int = 1_000_000) -> 
     return files
 
 
+# The node's default AE title (it refuses unknown called AE titles); storescp accepts any.
+CALLED_AE = "X2X"
+
+
 def _wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
     echoscu = dcmtk("echoscu")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode} before answering C-ECHO")
-        r = subprocess.run([echoscu, "127.0.0.1", str(port)], env=_ENV, capture_output=True)
+        r = subprocess.run([echoscu, "-aec", CALLED_AE, "127.0.0.1", str(port)], env=_ENV, capture_output=True)
         if r.returncode == 0:
             return
         time.sleep(0.2)
@@ -90,7 +95,7 @@ def _send(port: int, files: list[Path], concurrency: int) -> float:
     groups = [files[i::concurrency] for i in range(concurrency)]
     t0 = time.perf_counter()
     procs = [
-        subprocess.Popen([dcmtk("storescu"), "-R", "127.0.0.1", str(port), *map(str, g)], env=_ENV,
+        subprocess.Popen([dcmtk("storescu"), "-R", "-aec", CALLED_AE, "127.0.0.1", str(port), *map(str, g)], env=_ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for g in groups if g
     ]
@@ -221,8 +226,7 @@ def bench_ingest(
         try:
             dcmtk(tool)
         except FileNotFoundError as e:
-            typer.echo(f"x2x: {e}", err=True)
-            raise typer.Exit(code=2) from None
+            fail("bench ingest", str(e), "install dcmtk (apt-get install dcmtk)", code=2)
     keep = workdir is not None
     work = workdir or Path(tempfile.mkdtemp(prefix="x2x-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)

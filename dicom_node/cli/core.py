@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-from dicom_node.cli.apps import app, config_app, model_app, settings
+from dicom_node.cli.apps import app, config_app, config_path, model_app, settings
+from dicom_node.cli.errors import MODEL_HELP, fail
+from dicom_node.config import Settings
 
 
 @app.command()
@@ -32,10 +34,46 @@ def config_show() -> None:
 
 
 @config_app.command("check")
-def config_check() -> None:
-    """Validate the configuration; exit code 2 with a one-line error if it is invalid."""
-    settings()
-    typer.echo("config OK")
+def config_check(
+    probe: bool = typer.Option(False, "--probe", help="Also contact every destination: C-ECHO for cstore, HTTP "
+                               "OPTIONS/GET for stow, a probe file for folder."),
+    skip_ports: bool = typer.Option(False, "--skip-ports", help="Do not check that node.port and api.port are "
+                                    "free (e.g. while this node is running)."),
+) -> None:
+    """Check everything before traffic: keys, model, destinations, rules, instructions, TLS files, ports,
+    folders. One line per problem; exit code 2 when there is an error (warnings only: 0)."""
+    from dicom_node.config import ConfigError, load_settings
+
+    try:
+        s = load_settings(config_path())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"x2x config check: {problem}", err=True)
+        typer.echo(f"x2x config check: {len(exc.problems)} problem(s) in the configuration. To fix: correct these "
+                   "keys in the file (or their X2X_* variables); `x2x config reference` lists every key", err=True)
+        raise typer.Exit(code=2) from None
+    if not report_problems("config check", s, probe=probe, ports=not skip_ports):
+        raise typer.Exit(code=2)
+    model = s.model.path or "default (phantom demo model)"
+    typer.echo(f"config OK: model {model}; {len(s.destinations)} destination(s)"
+               f"{' reachable' if probe and s.destinations else ''}; {len(s.rules)} rule(s); "
+               f"AE titles {', '.join(s.known_called_aes())}")
+
+
+def report_problems(command: str, s: Settings, *, probe: bool = False, ports: bool = True) -> bool:
+    """Run config_check on `s`, print one line per problem to stderr; True when there is no error."""
+    from dicom_node.config_check import check_settings, errors
+
+    problems = check_settings(s, probe=probe, ports=ports)
+    for problem in problems:
+        typer.echo(f"x2x {command}: {problem.line()}", err=True)
+    if errors(problems):
+        again = "run it again" if command == "config check" else "`x2x config check` repeats these checks"
+        typer.echo(f"x2x {command}: {len(errors(problems))} error(s) in the configuration"
+                   f"{'' if command == 'config check' else '; not starting'}. To fix: correct the keys named "
+                   f"above ({again})", err=True)
+        return False
+    return True
 
 
 @model_app.command("init-tiny")
@@ -71,8 +109,7 @@ def model_info(
     try:
         info = describe_model(target)
     except ModelLoadError as exc:
-        typer.echo(f"x2x: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        fail("model info", str(exc), MODEL_HELP, cause=exc)
     typer.echo(json.dumps({"path": str(target), **info.__dict__}, indent=2))
 
 
@@ -91,8 +128,8 @@ def model_convert(
     try:
         loaded = load_model(checkpoint, device="cpu", dtype="float32", single_file_config=config)
     except ModelLoadError as exc:
-        typer.echo(f"x2x: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        fail("model convert", str(exc), "give the original-format checkpoint and the SD1.5 InstructPix2Pix "
+             "config folder (docs/models.md)", cause=exc)
     save_model_folder(loaded, out_dir)
     typer.echo(f"wrote {out_dir} (model id {loaded.model_id}, source weights sha256 {loaded.weights_hash[:16]}…)")
 

@@ -52,12 +52,15 @@ def model_build_demo(
     """Build the phantom demo model: phantoms -> VAE -> IP2P UNet with `x2x train`'s code (fixed seeds).
 
     It knows only synthetic phantoms; it exists to show the editor working without the gated weights.
+    Each stage is logged; on a terminal the VAE loss every 100 steps and a UNet progress bar are shown too.
     """
     import dataclasses
 
+    from dicom_node.cli.progress import interactive
     from editor.demo import SHIPPED_DIR
     from editor.training.demo_recipe import DemoRecipe, build_demo_model
 
+    # Stage lines (phantoms, VAE, UNet chunks) are logged either way; the bars only on a terminal.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     recipe = DemoRecipe()
     changes: dict[str, object] = {}
@@ -70,7 +73,8 @@ def model_build_demo(
     if vae_steps is not None:
         changes["vae"] = dataclasses.replace(recipe.vae, steps=vae_steps)
     recipe = dataclasses.replace(recipe, **changes)  # type: ignore[arg-type]
-    out = build_demo_model(out_dir or SHIPPED_DIR, recipe, device=device, work_dir=work_dir, workers=workers)
+    out = build_demo_model(out_dir or SHIPPED_DIR, recipe, device=device, work_dir=work_dir, workers=workers,
+                           progress=interactive())
     meta = json.loads((out / "x2x_model.json").read_text())
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     typer.echo(f"wrote {meta['model_id']} to {out} ({size / 1e6:.1f} MB, "
@@ -86,7 +90,7 @@ def dataset_phantom_studies(
 ) -> None:
     """Write phantom chest CR studies whose private tag asks for an edit: send them to the node to see it work.
 
-    Example: x2x dataset phantom-studies demo/ && storescu -R -aec X2X 127.0.0.1 11112 demo/*.dcm
+    Example: x2x dataset phantom-studies var/demo/ && storescu -R -aec X2X 127.0.0.1 11112 var/demo/*.dcm
     """
     import pydicom
 

@@ -9,31 +9,13 @@ Every output is synthetic.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from dicom_node.cli.apps import app, settings
-
-
-@contextmanager
-def step_progress(total: int) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar of the DDIM steps on stderr when it is a terminal; nothing otherwise (pipes,
-    logs, tests). Yields the `step_callback` for `Editor.edit`."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("denoise", total=total)
-        yield lambda i: bar.update(task, completed=i + 1)
+from dicom_node.cli.errors import INSTRUCTION_HELP, MODEL_HELP, fail
 
 
 @app.command()
@@ -50,9 +32,12 @@ def edit(
     paper_prior_dir: Optional[Path] = typer.Option(None, help="Folder of pseudo_mask_<Finding>.npy (--prior paper)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default: [model] device)."),
 ) -> None:
-    """Edit one image and write the counterfactual, guidance maps and result.json. Output is SYNTHETIC."""
+    """Edit one image and write the counterfactual, guidance maps and result.json. Output is SYNTHETIC.
+
+    On a terminal, each stage and every DDIM step is shown (stderr); in a pipe only the result line."""
     from pydicom import dcmread
 
+    from dicom_node.cli.progress import steps as progress_steps
     from dicom_node.context import resolve_model_path
     from dicom_node.edit_params import InvalidEditParams, default_seed, job_key, resolve_params
     from dicom_node.results import is_dicom_file, write_outputs
@@ -60,6 +45,7 @@ def edit(
     from editor import (
         Editor,
         InstructionError,
+        ModelLoadError,
         UnsupportedImageError,
         disable_progress_bars,
         parse_instruction,
@@ -71,42 +57,45 @@ def edit(
     cfg = settings()
     try:
         parsed = parse_instruction(instruction)
-    except InstructionError as exc:
-        hint = f" (did you mean: {exc.suggestion})" if getattr(exc, "suggestion", None) else ""
-        typer.echo(f"x2x edit: invalid instruction: {exc}{hint}", err=True)
-        raise typer.Exit(code=2) from exc
+    except InstructionError as exc:  # its message already carries the "did you mean"
+        fail("edit", f"invalid instruction: {exc}", INSTRUCTION_HELP, code=2, cause=exc)
     try:
         params = resolve_params(cfg, {
             "steps": steps, "tau": tau, "rse": False if no_rse else None, "prior": prior,
             "paper_prior_dir": str(paper_prior_dir) if paper_prior_dir else None,
         })
     except InvalidEditParams as exc:
-        typer.echo(f"x2x edit: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("edit", str(exc), "use a value inside the bounds `x2x config reference` lists for [edit]", code=2,
+             cause=exc)
     try:
         source_ds = dcmread(src) if is_dicom_file(src) else None
     except Exception as exc:  # pydicom raises many types on a broken file
-        typer.echo(f"x2x edit: {src} is not a readable DICOM file: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("edit", f"{src} is not a readable DICOM file: {type(exc).__name__}: {exc}",
+             "give a complete DICOM Part 10 file (dcmdump shows whether it reads)", code=2, cause=exc)
     try:
         image = source_from_dataset(source_ds) if source_ds is not None else source_from_file(src)
     except UnsupportedImageError as exc:
-        typer.echo(f"x2x edit: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("edit", str(exc), "give a greyscale radiograph: DICOM CR/DX, PNG, JPEG or .npy", code=2, cause=exc)
 
     model_path = model if model is not None else resolve_model_path(cfg)
-    editor = Editor.from_pretrained(
-        model_path,
-        device=device or cfg.model.device,
-        dtype=cfg.model.dtype,
-        single_file_config=cfg.model.single_file_config,
-    )
     seed_value = default_seed(cfg, seed)
-    with step_progress(params.steps) as on_step:
-        result = editor.edit(image, parsed, seed=seed_value, params=params, step_callback=on_step)
-    key = job_key(str(source_ds.SOPInstanceUID) if source_ds is not None else src.name,
-                  result.prompt, result.model_hash, seed_value, params)
-    write_outputs(result, out, source=image, source_ds=source_ds, job_key=key, settings=cfg, which=EDIT_OUTPUTS)
+    with progress_steps() as shown:
+        shown.stage(f"loading model {model_path}")
+        try:
+            editor = Editor.from_pretrained(
+                model_path,
+                device=device or cfg.model.device,
+                dtype=cfg.model.dtype,
+                single_file_config=cfg.model.single_file_config,
+            )
+        except ModelLoadError as exc:
+            fail("edit", str(exc), MODEL_HELP, cause=exc)
+        shown.stage(f"denoising (relevance map, then {params.steps} DDIM steps)", total=params.steps)
+        result = editor.edit(image, parsed, seed=seed_value, params=params, step_callback=shown.callback)
+        shown.stage("writing outputs")
+        key = job_key(str(source_ds.SOPInstanceUID) if source_ds is not None else src.name,
+                      result.prompt, result.model_hash, seed_value, params)
+        write_outputs(result, out, source=image, source_ds=source_ds, job_key=key, settings=cfg, which=EDIT_OUTPUTS)
     typer.echo(
         f"SYNTHETIC edit '{result.prompt}' model={result.model_id} seed={result.seed} "
         f"steps={params.steps} rse={'on' if params.rse and params.tau > 0 else 'off'} "

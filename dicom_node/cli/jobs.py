@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from dicom_node.cli.apps import jobs_app, node_context
+from dicom_node.cli.errors import fail
 
 
 @jobs_app.command("retry")
@@ -28,8 +29,7 @@ def jobs_retry(
     ctx = node_context()
     job = ctx.store.get(job_id)
     if job is None:
-        typer.echo(f"x2x jobs retry: no job {job_id}", err=True)
-        raise typer.Exit(code=1)
+        fail("jobs retry", f"no job {job_id}", "take a job id from `x2x jobs list`")
     previous, last_error = job.state, job.last_error
     try:
         if destination is None:
@@ -37,8 +37,9 @@ def jobs_retry(
         else:
             retry_delivery(ctx, job_id, destination)
     except JobActionError as exc:
-        typer.echo(f"x2x jobs retry: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        hint = ("only failed, dead-letter or cancelled jobs can be retried" if destination is None
+                else "`x2x jobs show ID` lists its deliveries and their states")
+        fail("jobs retry", str(exc), f"{hint} (`x2x jobs show ID` shows its state)", cause=exc)
     if destination is None:
         typer.echo(f"job {job_id} queued again (was {previous}; last error: {last_error or 'none'})")
     else:

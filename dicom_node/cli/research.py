@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from dicom_node.cli.apps import app, dataset_app
+from dicom_node.cli.errors import fail
 
 
 def _console():  # type: ignore[no-untyped-def]
@@ -45,15 +46,13 @@ def dataset_build(
     from editor.training.mimic import build_dataset, stats_table
 
     if fit not in ("squash", "pad", "crop"):
-        typer.echo("x2x dataset build: --fit must be squash, pad or crop", err=True)
-        raise typer.Exit(code=2)
+        fail("dataset build", f"--fit {fit!r} is not a fit mode", "use squash, pad or crop", code=2)
     try:
         stats = build_dataset(questions, metadata, jpg_root, out, split_file=split_file, v2=v2,
                               write_images=images, image_size=image_size, fit=fit,  # type: ignore[arg-type]
                               workers=workers)
     except ValueError as exc:
-        typer.echo(f"x2x dataset build: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("dataset build", str(exc), "check the input files and columns (docs/research.md)", code=2, cause=exc)
     _console().print(stats_table(stats))
     typer.echo(f"wrote {stats.rows_written} rows to {out / 'instructions.csv'} (stats: {out / 'stats.json'})")
 
@@ -74,13 +73,13 @@ def train_command(
     lr: float = typer.Option(1e-4, help="AdamW learning rate (constant)."),
     mixed_precision: str = typer.Option("auto", help="auto | no | fp16 | bf16 (auto: bf16/fp16 on GPU)."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the noise, timesteps and data order (same seed, same run)."),
     checkpoint_every: int = typer.Option(500, min=0, help="Checkpoint every N steps (0: only at the end)."),
     keep_checkpoints: Optional[int] = typer.Option(None, min=1, help="Keep only the newest N checkpoints."),
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
-    log_every: int = typer.Option(10, min=1),
+    log_every: int = typer.Option(10, min=1, help="Write a train_log.jsonl line every N steps."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Keep an EMA of the UNet and export it (research config)."),
-    ema_decay: float = typer.Option(0.9999),
+    ema_decay: float = typer.Option(0.9999, help="EMA decay per step (with --ema)."),
     rotation: float = typer.Option(2.0, "--rotation", min=0.0, max=44.9,
                                    help="Random rotation +-degrees with a centre crop, one angle per pair "
                                         "(research config 2; 0 = off, needed with --cache-latents)."),
@@ -92,19 +91,24 @@ def train_command(
     hflip: bool = typer.Option(False, "--hflip",
                                help="Random horizontal flips (swaps left/right words). Breaks anatomy "
                                     "laterality (heart side): off by default."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute activations in the backward pass (less memory)."),
     cache_latents: bool = typer.Option(False, "--cache-latents",
                                        help="Encode every image once before training and keep the latents in "
                                             "memory (small datasets; not with --hflip; needs --rotation 0)."),
     workers: int = typer.Option(4, min=0, help="DataLoader workers."),
     model_id: Optional[str] = typer.Option(None, help="model_id for x2x_model.json."),
 ) -> None:
-    """Fine-tune the UNet of an InstructPix2Pix model (VAE and text encoder frozen)."""
+    """Fine-tune the UNet of an InstructPix2Pix model (VAE and text encoder frozen).
+
+    On a terminal a progress bar shows steps, loss and time left (stderr); in a pipe nothing but the
+    result line (the loss is in train_log.jsonl either way)."""
+    from dicom_node.cli.progress import interactive
     from editor.training.train import TrainConfig, train
 
     if mixed_precision not in ("auto", "no", "fp16", "bf16"):
-        typer.echo("x2x train: --mixed-precision must be auto, no, fp16 or bf16", err=True)
-        raise typer.Exit(code=2)
+        fail("train", f"--mixed-precision {mixed_precision!r} is not a precision", "use auto, no, fp16 or bf16",
+             code=2)
     if hflip:
         typer.echo("WARNING: --hflip mirrors the heart and swaps left/right findings; instructions' "
                    "left/right words are swapped to match, but anatomy is no longer realistic.", err=True)
@@ -118,12 +122,13 @@ def train_command(
         gradient_checkpointing=gradient_checkpointing, num_workers=workers, model_id=model_id,
         cache_latents=cache_latents, rotation_degrees=rotation,
         max_grad_norm=max_grad_norm if max_grad_norm > 0 else None, input_profile=input_profile,
+        progress=interactive(),
     )
     try:
         model_dir = train(cfg)
     except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"x2x train: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("train", str(exc), "check --base-model, --dataset and the options (docs/research.md)", code=2,
+             cause=exc)
     meta = json.loads((model_dir / "x2x_model.json").read_text())
     typer.echo(f"trained {meta['model_id']} ({meta['training']['steps']} steps, final loss "
                f"{meta['training']['final_loss']}) -> {model_dir}  (use: x2x edit --model {model_dir})")
@@ -145,8 +150,7 @@ def eval_command(
     try:
         report = evaluate(folder, classifier=classifier)
     except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"x2x eval: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        fail("eval", str(exc), "give case folders or a cases.csv as docs/research.md describes", code=2, cause=exc)
     text = to_json(report)
     if out is not None:
         out.write_text(text)

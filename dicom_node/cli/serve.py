@@ -7,6 +7,8 @@ import signal
 import threading
 from typing import Any
 
+import typer
+
 from dicom_node.cli.apps import app, node_context, settings
 
 log = logging.getLogger("x2x.serve")
@@ -15,11 +17,16 @@ log = logging.getLogger("x2x.serve")
 @app.command()
 def serve() -> None:
     """Run the node: DICOM SCP (C-ECHO, C-STORE), study completion, job creation, the REST API (dashboard,
-    STOW-RS, metrics) and one embedded Celery worker."""
+    STOW-RS, metrics) and one embedded Celery worker.
+
+    Runs the checks of `x2x config check` first (without --probe) and does not start on an error."""
+    from dicom_node.cli.core import report_problems
     from dicom_node.logs import setup_logging
     from dicom_node.node import NodeService
 
     s = settings()
+    if not report_problems("serve", s):
+        raise typer.Exit(code=2)
     setup_logging(s.logging.level, s.logging.json_format)
     service = NodeService(node_context(s))
     stop = threading.Event()

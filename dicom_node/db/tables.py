@@ -135,6 +135,7 @@ class StudyInstance(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(String(128))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(128), index=True)
     modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))  # Body Part Examined as sent (e.g. THORAX)
     status: Mapped[str] = mapped_column(String(20), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     job_id: Mapped[int | None] = mapped_column(Integer)

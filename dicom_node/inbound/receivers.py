@@ -21,7 +21,8 @@ from dicom_node.inbound.spool import Spool
 log = logging.getLogger("x2x.receive")
 
 
-def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, json_logs: bool) -> None:
+def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, json_logs: bool,
+                called_aes: list[str] | None = None) -> None:
     from pathlib import Path
 
     from dicom_node.logs import setup_logging
@@ -31,7 +32,8 @@ def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    scp = StorageSCP(config, Spool(Path(spool_root), fsync=config.spool_fsync), events.put, reuse_port=True)
+    scp = StorageSCP(config, Spool(Path(spool_root), fsync=config.spool_fsync), events.put, reuse_port=True,
+                     called_aes=called_aes)
     scp.start()
     events.put(("ready", os.getpid()))
     parent = os.getppid()
@@ -45,8 +47,9 @@ class ReceiverPool:
     """N receiver processes on one port (SO_REUSEPORT), forwarding events to `sink` in this process."""
 
     def __init__(self, config: NodeConfig, spool_root: str, sink: EventSink, processes: int,
-                 log_level: str = "INFO", json_logs: bool = False):
+                 log_level: str = "INFO", json_logs: bool = False, called_aes: list[str] | None = None):
         self.config = config
+        self.called_aes = called_aes
         self.spool_root = spool_root
         self.sink = sink
         self.n = processes
@@ -62,7 +65,7 @@ class ReceiverPool:
         p = self._ctx.Process(
             target=_child_main,
             args=(self.config.model_dump_json(), self.spool_root, self._events, self.log_level,
-                  self.json_logs),
+                  self.json_logs, self.called_aes),
             name="x2x-receiver",
             daemon=True,
         )

@@ -1,4 +1,11 @@
-"""The DICOM SCP: C-ECHO + C-STORE for every storage SOP class, calling-AE allow-list, optional TLS.
+"""The DICOM SCP: C-ECHO + C-STORE for every storage SOP class, calling-AE allow-list, called-AE policy,
+optional TLS.
+
+Called AE titles: the node answers to its own AE title and every rule's `called_ae`. An association to
+any other title (a misspelt rule AE would otherwise silently lose its rule) is rejected with
+A-ASSOCIATE-RJ "called AE title not recognised" (`node.unknown_called_ae = "reject"`, the default) or
+accepted as if sent to the node's own title with a warning (`"default"`); both are logged with the
+calling AE and address.
 
 Hot path of a C-STORE (no decode / re-encode of the data set):
 1. read Study / Series / SOP Instance UID from the head of the encoded data set (elements up to
@@ -26,6 +33,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +61,8 @@ log = logging.getLogger("x2x.receive")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+# A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, "called AE title not recognised" (PS3.8 9.3.4)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 
 _UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
@@ -138,11 +148,16 @@ class _Server(ThreadedAssociationServer):
 class StorageSCP:
     """One pynetdicom acceptor writing into the spool and reporting events to `sink`."""
 
-    def __init__(self, config: NodeConfig, spool: Spool, sink: EventSink, *, reuse_port: bool = False):
+    def __init__(self, config: NodeConfig, spool: Spool, sink: EventSink, *, reuse_port: bool = False,
+                 called_aes: Collection[str] | None = None):
+        """`called_aes`: the AE titles this node answers to (Settings.known_called_aes(): its own and every
+        rule's); default: only `config.ae_title`."""
         self.config = config
         self.spool = spool
         self.sink = sink
         self.reuse_port = reuse_port
+        self.called_aes = {a.strip() for a in (called_aes or [config.ae_title])}
+        self._reject_reasons: dict[int, str] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stats: dict[int, _AssocStats] = {}
@@ -162,7 +177,9 @@ class StorageSCP:
         ae.acse_timeout = cfg.acse_timeout
         ae.dimse_timeout = cfg.dimse_timeout
         ae.network_timeout = cfg.network_timeout
-        ae.require_called_aet = False  # the called AE selects the edit rule; any is accepted
+        # pynetdicom can only require its one AE title; the node answers to several (rules), so the called
+        # AE is checked in _on_requested against self.called_aes.
+        ae.require_called_aet = False
         ae.require_calling_aet = list(cfg.allowed_calling_aes)
         return ae
 
@@ -178,6 +195,7 @@ class StorageSCP:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda _e: STATUS_SUCCESS),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
@@ -235,10 +253,41 @@ class StorageSCP:
         with self._lock:
             self._new_stats(event.assoc)
 
+    def _on_requested(self, event: evt.Event) -> None:
+        """A-ASSOCIATE-RQ received, before negotiation: apply the called-AE policy."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        if called in self.called_aes:
+            return
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        known = ", ".join(sorted(self.called_aes))
+        if self.config.unknown_called_ae == "default":
+            log.warning("called AE %r is not one of this node's AE titles (%s): accepted as %r "
+                        "(node.unknown_called_ae = default); calling AE %r from %s",
+                        called, known, self.config.ae_title, calling, peer)
+            return
+        with self._lock:
+            self._reject_reasons[id(assoc)] = (
+                f"called AE title {called!r} not recognised (this node answers to {known}; "
+                "node.unknown_called_ae = reject)"
+            )
+        # pynetdicom's documented way to refuse from EVT_REQUESTED: send the A-ASSOCIATE-RJ; run_reactor
+        # then skips negotiation. The rest is what its own rejections do (EVT_REJECTED, then kill).
+        assoc.acse.send_reject(*REJECT_CALLED_AE)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
     def _on_rejected(self, event: evt.Event) -> None:
-        calling = str(event.assoc.requestor.ae_title or "").strip()
+        primitive = event.assoc.requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", None) or event.assoc.requestor.ae_title or "").strip()
         allowed = self.config.allowed_calling_aes
-        if allowed and calling not in [a.strip() for a in allowed]:
+        with self._lock:
+            known_reason = self._reject_reasons.pop(id(event.assoc), None)
+        if known_reason is not None:
+            reason = known_reason
+        elif allowed and calling not in [a.strip() for a in allowed]:
             reason = "calling AE title not in node.allowed_calling_aes"
         elif len(self._server.active_associations if self._server else []) > self.config.max_associations:
             reason = f"more than node.max_associations={self.config.max_associations} associations"

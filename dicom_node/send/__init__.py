@@ -6,8 +6,9 @@ Types: "cstore" (DICOM C-STORE SCU), "stow" (DICOMweb STOW-RS), "folder" (file c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from dicom_node.config import Destination, Settings
+from dicom_node.config import CStoreDestination, Destination, FolderDestination, Settings, StowDestination
 from dicom_node.send.base import Sender, SendError, SendItem, SendReport
 from dicom_node.send.cstore import CStoreSender
 from dicom_node.send.folder import FolderSender
@@ -26,26 +27,21 @@ __all__ = [
 ]
 
 
-def _cstore(name: str, dest: Destination, calling_ae: str) -> Sender:
-    if not dest.host or not dest.port or not dest.ae_title:
-        raise SendError(f"destination {name!r} (cstore) needs host, port and ae_title")
+# Each type's required keys are checked when the config is loaded (config.Destination is a typed union).
+def _cstore(name: str, dest: CStoreDestination, calling_ae: str) -> Sender:
     return CStoreSender(name, host=dest.host, port=dest.port, ae_title=dest.ae_title, calling_ae=calling_ae)
 
 
-def _stow(name: str, dest: Destination, calling_ae: str) -> Sender:
-    if not dest.url:
-        raise SendError(f"destination {name!r} (stow) needs url")
+def _stow(name: str, dest: StowDestination, calling_ae: str) -> Sender:
     password = dest.password.get_secret_value() if dest.password else None
     return StowSender(name, url=dest.url, username=dest.username, password=password)
 
 
-def _folder(name: str, dest: Destination, calling_ae: str) -> Sender:
-    if dest.path is None:
-        raise SendError(f"destination {name!r} (folder) needs path")
+def _folder(name: str, dest: FolderDestination, calling_ae: str) -> Sender:
     return FolderSender(name, path=dest.path)
 
 
-SENDERS: dict[str, Callable[[str, Destination, str], Sender]] = {
+SENDERS: dict[str, Callable[[str, Any, str], Sender]] = {
     "cstore": _cstore,
     "stow": _stow,
     "folder": _folder,

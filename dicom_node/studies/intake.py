@@ -73,6 +73,22 @@ def _deliver_to(ctx: NodeContext, job_id: int, destination: str | None) -> None:
         send_delivery(ctx, job_id)
 
 
+def refusal(settings: Any, req: ExplicitRequest, datasets: list[Any]) -> str | None:
+    """Why a REST request would be refused (bad instruction or parameters, no eligible instance), worked
+    out before anything is written: a refused request leaves the spool and the study's records as they were.
+    `datasets`: the instances it is for (pydicom datasets, pixel data not needed)."""
+    request = _explicit(settings, req)
+    if not request.valid:
+        return f"invalid instruction {req.instruction!r}: {request.error}"
+    skipped = []
+    for ds in datasets:
+        reason = eligibility.skip_reason(ds, has_pixel_data="PixelData" in ds)
+        if reason is None:
+            return None
+        skipped.append(f"{ds.get('SOPInstanceUID', '?')}: {reason}")
+    return "no eligible instance: " + ("; ".join(skipped) or "no instances")
+
+
 def create_jobs_for_study(
     ctx: NodeContext,
     study_uid: str,
@@ -103,7 +119,8 @@ def create_jobs_for_study(
             real_study_uid = str(ds.get("StudyInstanceUID", study_uid))
             row.update(study_instance_uid=real_study_uid, sop_instance_uid=sop,
                        series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
-                       modality=str(ds.get("Modality", "")) or None)
+                       modality=str(ds.get("Modality", "")) or None,
+                       body_part=str(ds.get("BodyPartExamined", "") or "").strip()[:64] or None)
         except Exception as exc:
             unreadable = f"unreadable: {type(exc).__name__}: {exc}"[:500]
             record_instance(ctx.db, row | {"status": INSTANCE_UNREADABLE, "reason": unreadable})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.tables import StudyInstance, StudyRecord, utcnow
@@ -74,11 +74,37 @@ def study_record(db: Database, study_uid: str) -> StudyRecord | None:
         return s.get(StudyRecord, study_uid)
 
 
-def list_studies(db: Database, *, limit: int = 100, offset: int = 0) -> list[StudyRecord]:
+def list_studies(db: Database, *, limit: int = 100, offset: int = 0, state: str | None = None) -> list[StudyRecord]:
+    q = select(StudyRecord).order_by(StudyRecord.updated_at.desc()).limit(limit).offset(offset)
+    if state is not None:
+        q = q.where(StudyRecord.state == state)
     with db.session() as s:
-        return list(s.scalars(
-            select(StudyRecord).order_by(StudyRecord.updated_at.desc()).limit(limit).offset(offset)
-        ))
+        return list(s.scalars(q))
+
+
+def not_edited_counts(db: Database) -> tuple[int, int]:
+    """(instances that got no job, studies whose request was refused): what `x2x jobs list` cannot show."""
+    with db.session() as s:
+        instances = s.scalar(select(func.count()).select_from(StudyInstance)
+                             .where(StudyInstance.status != INSTANCE_JOB)) or 0
+        studies = s.scalar(select(func.count()).select_from(StudyRecord)
+                           .where(StudyRecord.request_error.is_not(None))) or 0
+    return int(instances), int(studies)
+
+
+def skip_summary(db: Database, study_uids: list[str]) -> dict[str, list[str]]:
+    """Study UID -> the distinct reasons its instances were not edited (for tables of many studies)."""
+    if not study_uids:
+        return {}
+    q = (select(StudyInstance.study_instance_uid, StudyInstance.reason)
+         .where(StudyInstance.study_instance_uid.in_(study_uids), StudyInstance.status != INSTANCE_JOB))
+    out: dict[str, list[str]] = {}
+    with db.session() as s:
+        for uid, reason in s.execute(q):
+            reasons = out.setdefault(uid, [])
+            if reason and reason not in reasons:
+                reasons.append(reason)
+    return out
 
 
 def study_instances(db: Database, study_uid: str | None = None, status: str | None = None,

@@ -3,7 +3,8 @@
 1. a called-AE rule in the config (`[[rules]] called_ae = "X2X_EFFUSION"`, instruction + seed/steps);
 2. the private block `INSTRUCTX2X` in group 0x0071 of the instance (layout below);
 3. the standard attribute named by `requests.standard_attribute` (e.g. RequestedProcedureDescription);
-4. `requests.default_instruction`, for studies sent to the node's own AE title.
+4. `requests.default_instruction`, for studies sent to the node's own AE title (or, with
+   `node.unknown_called_ae = "default"`, to an AE title the node does not know).
 
 Private block (creator "INSTRUCTX2X" in (0071,00xx); `xx` = whichever block the sender reserved, so
 with block 0x10 the elements are (0071,1010) ...):
@@ -157,9 +158,7 @@ def resolve(settings: Settings, called_ae: str | None, ds: Dataset) -> EditReque
             seed = private["seed"]
     elif settings.requests.standard_attribute and str(ds.get(settings.requests.standard_attribute, "")).strip():
         source, text = "attribute", str(ds.get(settings.requests.standard_attribute)).strip()
-    elif settings.requests.default_instruction and (
-        called_ae is None or called_ae.strip() == settings.node.ae_title.strip()
-    ):
+    elif settings.requests.default_instruction and _is_default_ae(settings, called_ae):
         source, text = "default", settings.requests.default_instruction
     else:
         return None
@@ -172,10 +171,13 @@ def resolve(settings: Settings, called_ae: str | None, ds: Dataset) -> EditReque
         return EditRequest(source, text, None, int(seed), params, destination, error=seed_error)
     try:
         prompt = edit_prompt(text, location=location, severity=severity)
-    except InstructionError as exc:
-        message = str(exc)
-        suggestion = getattr(exc, "suggestion", None)
-        if suggestion and suggestion not in message:
-            message += f" (did you mean {suggestion!r}?)"
-        return EditRequest(source, text, None, int(seed), params, destination, error=message)
+    except InstructionError as exc:  # its message already carries the "did you mean"
+        return EditRequest(source, text, None, int(seed), params, destination, error=str(exc))
     return EditRequest(source, text, prompt, int(seed), params, destination)
+
+
+def _is_default_ae(settings: Settings, called_ae: str | None) -> bool:
+    """Sent to the node's own AE title, or (node.unknown_called_ae = "default") to one it does not know."""
+    if called_ae is None or called_ae.strip() == settings.node.ae_title.strip():
+        return True
+    return settings.node.unknown_called_ae == "default" and called_ae.strip() not in settings.known_called_aes()

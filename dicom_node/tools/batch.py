@@ -206,12 +206,12 @@ class BatchRunner:
         return row
 
     def _send(self, files: list[Path]) -> str:
-        from dicom_node.config import Destination
+        from dicom_node.config import CStoreDestination
         from dicom_node.send import get_sender
 
         assert self.send_to is not None
         ae, host, port = parse_peer(self.send_to)
-        sender = get_sender(Destination(type="cstore", ae_title=ae, host=host, port=port), name=self.send_to,
+        sender = get_sender(CStoreDestination(type="cstore", ae_title=ae, host=host, port=port), name=self.send_to,
                             calling_ae=self.settings.node.ae_title)
         report = sender.send(files)
         return "ok" if report.ok else f"failed: {report.error_summary()}"[:300]

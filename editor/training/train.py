@@ -659,10 +659,12 @@ class _progress:
     def __enter__(self):  # type: ignore[no-untyped-def]
         if not self.enabled:
             return lambda loss: None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # stderr: stdout carries the command's result line only
         self._bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                             TextColumn("loss {task.fields[loss]}"))
+                             TextColumn("loss {task.fields[loss]}"), console=Console(stderr=True))
         self._bar.__enter__()
         task = self._bar.add_task("train", total=self.total, completed=self.start, loss="-")
         return lambda loss: self._bar.update(task, advance=1, loss=f"{loss:.4f}")

@@ -66,9 +66,9 @@ def store_statuses(result: subprocess.CompletedProcess[str]) -> list[str]:
     return re.findall(r"Received Store Response \(([^)]*)\)", result.stdout + result.stderr)
 
 
-def echoscu(port: int, *, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["echoscu", "-aet", calling_ae, "127.0.0.1", str(port)], capture_output=True,
-                          text=True, env=dcmtk_env(), timeout=30)
+def echoscu(port: int, *, calling_ae: str = "ECHOSCU", called_ae: str = "X2X") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["echoscu", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, env=dcmtk_env(), timeout=30)
 
 
 def dataset_bytes(path: Path) -> bytes:

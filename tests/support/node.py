@@ -138,7 +138,7 @@ class NodeProcess:
 
 
 def echo(port: int, host: str = "127.0.0.1", timeout: float = 5.0, calling_ae: str = "ECHOSCU",
-         ssl_context: Any = None) -> bool:
+         ssl_context: Any = None, called_ae: str = "X2X") -> bool:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -147,7 +147,7 @@ def echo(port: int, host: str = "127.0.0.1", timeout: float = 5.0, calling_ae: s
     ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     tls_args = (ssl_context, "localhost") if ssl_context is not None else None
     try:
-        assoc = ae.associate(host, port, tls_args=tls_args)
+        assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     except Exception:
         return False
     if not assoc.is_established:
