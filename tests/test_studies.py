@@ -178,7 +178,8 @@ def test_rule_private_tag_and_skips_end_to_end(tmp_path, tiny_model_dir, chest_c
         by_sop = {j["sop_instance_uid"]: j for j in jobs}
         cr_sop = pydicom.dcmread(cr, stop_before_pixels=True).SOPInstanceUID
         tagged_sop = pydicom.dcmread(tagged, stop_before_pixels=True).SOPInstanceUID
-        assert by_sop[cr_sop]["instruction"] == "Add the finding of pleural effusion."
+        # the rule's instruction as written (issue 14: the editor is prompted with it, not its rewording)
+        assert by_sop[cr_sop]["instruction"] == "add the finding of pleural effusion"
         assert by_sop[cr_sop]["seed"] == 3 and by_sop[cr_sop]["called_ae"] == "X2X_EFFUSION"
         assert by_sop[tagged_sop]["instruction"] == "Remove the finding of cardiomegaly."
         assert by_sop[tagged_sop]["seed"] == 9
