@@ -1,6 +1,6 @@
 """The phantom demo model: where it ships and what it is.
 
-A small InstructPix2Pix model trained only on synthetic chest phantoms (editor/training/phantoms.py) with
+A small InstructPix2Pix model trained only on synthetic chest phantoms (editor/training/phantoms/) with
 the recipe in editor/training/demo_recipe.py (`x2x model build-demo`). It lets anyone see the editor
 *work* without the gated InstructX2X weights: an instruction changes the right place of a phantom and the
 guidance map sits there. It knows nothing about real radiographs.

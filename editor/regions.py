@@ -1,7 +1,7 @@
 """The region prior: where an instruction's findings may appear on this image (ARCHITECTURE.md §3.4).
 
 prior = union over the instruction's findings of (finding -> anatomical regions, from the table in
-editor/vocabulary.py) on this image's anatomy (editor/anatomy.py), narrowed by location words:
+editor/vocabulary.py) on this image's anatomy (editor/anatomy/), narrowed by location words:
   * left / right are the *patient's* sides, placed on the image through `Orientation` (DICOM
     PatientOrientation / ViewPosition) — never guessed from pixels; bilateral / none = both sides;
   * upper / middle / lower / base / apical / lateral / retrocardiac / perihilar / pericardial / pleural /

@@ -151,7 +151,8 @@ def test_rotation_is_seeded_shared_by_the_pair_and_never_shows_corners(tiny_mode
                                                                      tmp_path: Path) -> None:
     from transformers import CLIPTokenizer
 
-    from editor.training.train import _SampleStream, load_rotated
+    from editor.training.pair_dataset import load_rotated
+    from editor.training.sample_order import SampleStream as _SampleStream
 
     plain, rotated = _SampleStream(50, seed=3, hflip=False), _SampleStream(50, seed=3, hflip=False,
                                                                         rotation_degrees=2.0)
@@ -226,7 +227,10 @@ def test_cached_latents_give_the_uncached_loss(tiny_model_dir: Path, pair_datase
     from diffusers import UNet2DConditionModel
 
     from editor.training.format import read_samples
-    from editor.training.train import _load_frozen, _step_seed, encode_moments, ip2p_loss
+    from editor.training.latent_cache import encode_moments
+    from editor.training.objective import ip2p_loss
+    from editor.training.objective import load_frozen as _load_frozen
+    from editor.training.sample_order import step_seed as _step_seed
 
     frozen = _load_frozen(tiny_model_dir, torch.device("cpu"), torch.float32, None)
     unet = UNet2DConditionModel.from_pretrained(str(tiny_model_dir), subfolder="unet", local_files_only=True).eval()

@@ -1,6 +1,6 @@
 """`x2x dataset build`, `x2x train`, `x2x eval`: rebuild MIMIC-EDIT-INSTRUCTION, fine-tune, evaluate.
 
-Thin wrappers over editor/training (mimic.py, train.py, evaluate.py); heavy imports stay inside the
+Thin wrappers over editor/training (mimic/, train.py, evaluate.py); heavy imports stay inside the
 functions so that `x2x --help` is instant. Several GPUs: `accelerate launch -m dicom_node.cli train ...`.
 """
 
@@ -138,7 +138,7 @@ def train_command(
 def eval_command(
     folder: Path = typer.Argument(..., exists=True, file_okay=False,
                                   help="Case folders (source + counterfactual + mask + result.json) or "
-                                       "cases.csv; see editor/training/evaluate.py."),
+                                       "cases.csv; see editor/training/eval_cases.py."),
     classifier: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                               help="Local TorchScript classifier .pt (with its .json sidecar)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here."),

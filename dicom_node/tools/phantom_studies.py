@@ -2,7 +2,7 @@
 
 They let anyone try the whole node with its default configuration and the shipped phantom demo model:
 `x2x dataset phantom-studies DIR` then `storescu -R -aec X2X 127.0.0.1 11112 DIR/*.dcm`. Each file is the
-*past* image of a phantom pair (editor/training/phantoms.py) and asks, in (0071,xx10), for the pair's
+*past* image of a phantom pair (editor/training/phantoms/) and asks, in (0071,xx10), for the pair's
 instruction (which leads to its *current* image). Nothing in them comes from a patient; they are marked
 synthetic and named PHANTOM^DEMO.
 """

@@ -4,7 +4,7 @@
   `mimic-cxr-2.0.0-metadata.csv` and an instructions table (v1: 4 columns; v2: + location, severity);
 * `release_tree`: the research release's layout (`past/<id>.jpg`, `current/<id>.jpg`, instructions.csv);
 * `paper_masks`: a folder of the paper's fixed 512 x 512 `pseudo_mask_<Finding>.npy` files.
-Every image is a synthetic phantom (editor/training/phantoms.py): no patient data.
+Every image is a synthetic phantom (editor/training/phantoms/): no patient data.
 """
 
 from __future__ import annotations
