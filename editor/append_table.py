@@ -1,8 +1,9 @@
 """An append-only CSV table with one fsync'ed row per finished item: what makes long runs resumable.
 
 A crash can leave a half-written last line; opening the table drops it (its item is simply redone).
-`done_keys` are the keys of the rows already there, so a rerun skips them. Used by `x2x batch`
-(dicom_node/batch.py, manifest.csv) and `x2x reproduce` (editor/evaluation/driver.py, edits.csv).
+`done_keys` are the keys of the rows already there, so a rerun skips them. A table written with other
+columns (another version, another command) is refused rather than appended to misaligned. Used by `x2x batch`
+(dicom_node/tools/batch.py, manifest.csv) and `x2x reproduce` (editor/evaluation/driver.py, edits.csv).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class AppendOnlyTable:
             raw = raw[: raw.rfind(b"\n") + 1]
             with open(self.path, "r+b") as fh:
                 fh.truncate(len(raw))
-        for row in csv.DictReader(io.StringIO(raw.decode("utf-8"))):
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != self.columns:
+            raise ValueError(f"{self.path} has other columns than this version writes "
+                             f"({', '.join(reader.fieldnames)}); use a new output folder")
+        for row in reader:
             if row.get(self.key):
                 self.done_keys.add(row[self.key])
                 self.rows.append(row)

@@ -5,6 +5,11 @@ Storage in a temporary folder, remote HTTP access off, DICOM AE title ORTHANC, D
 `stop()` then `start()` keeps ports and storage, which is how the tests take the PACS "down".
 
 Use the `orthanc` fixture (import it into a test module), or `Orthanc(tmp_dir)` directly.
+
+As a PACS that answers queries and retrievals: `modalities={"X2X": ("X2X", "127.0.0.1", port)}` is
+Orthanc's `DicomModalities` (C-FIND / C-GET / C-MOVE are refused to unknown AEs, and C-MOVE sends only
+to a listed AE, at its listed address); `extra={...}` merges any other option; `lua=` installs a Lua
+script (e.g. `IncomingHttpRequestFilter`, which sees the HTTP headers: a bearer-token check, a request log).
 """
 
 from __future__ import annotations
@@ -41,8 +46,17 @@ def _free_port() -> int:
 
 
 class Orthanc:
-    def __init__(self, work_dir: Path, *, ae_title: str = "ORTHANC", dicomweb: bool = True,
-                 webviewer: bool = False):
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        ae_title: str = "ORTHANC",
+        dicomweb: bool = True,
+        webviewer: bool = False,
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        extra: dict[str, Any] | None = None,
+        lua: str | None = None,
+    ):
         self.work_dir = Path(work_dir)
         self.ae_title = ae_title
         self.http_port = _free_port()
@@ -75,6 +89,13 @@ class Orthanc:
             "WebViewer": {"CachePath": str(self.work_dir / "webviewer-cache"), "Threads": 2},
         }
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if modalities:
+            config["DicomModalities"] = {name: list(entry) for name, entry in modalities.items()}
+        if lua is not None:
+            script = self.work_dir / "scripts.lua"
+            script.write_text(lua)
+            config["LuaScripts"] = [str(script)]
+        config.update(extra or {})
         self.config_path.write_text(json.dumps(config, indent=2))
 
     # lifecycle ---------------------------------------------------------------------------
@@ -166,6 +187,21 @@ class Orthanc:
     def instance_tags(self, orthanc_instance_id: str) -> dict[str, Any]:
         tags: dict[str, Any] = self.get(f"/instances/{orthanc_instance_id}/simplified-tags")
         return tags
+
+    def upload(self, path: Path) -> str:
+        """POST a DICOM file to Orthanc's REST API; returns Orthanc's instance id."""
+        response = requests.post(f"{self.url}/instances", data=Path(path).read_bytes(), timeout=60)
+        response.raise_for_status()
+        return str(response.json()["ID"])
+
+    def study_instance_uids(self, study_instance_uid: str) -> dict[str, str]:
+        """SOP Instance UID -> Series Description of every instance in the study."""
+        out: dict[str, str] = {}
+        for series in self.study_series(study_instance_uid):
+            description = series.get("MainDicomTags", {}).get("SeriesDescription", "")
+            for instance_id in series.get("Instances", []):
+                out[self.get(f"/instances/{instance_id}")["MainDicomTags"]["SOPInstanceUID"]] = description
+        return out
 
     def instance_file(self, orthanc_instance_id: str) -> bytes:
         response = requests.get(f"{self.url}/instances/{orthanc_instance_id}/file", timeout=30)
