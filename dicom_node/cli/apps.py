@@ -61,10 +61,10 @@ def node_context(s: Settings | None = None) -> NodeContext:
     """The node's context (database opened and migrated); a database this x2x cannot use exits with
     code 2 and one line saying which database and what to do."""
     from dicom_node.context import build_context
-    from dicom_node.db.migrate import SchemaTooNew
+    from dicom_node.db.migrate import DatabaseUnusable
 
     try:
         return build_context(s if s is not None else settings())
-    except SchemaTooNew as exc:
+    except DatabaseUnusable as exc:  # damaged, locked, unopenable or too new: one line, exit 2
         typer.echo(f"x2x: {exc}", err=True)
         raise typer.Exit(code=2) from exc

@@ -3,16 +3,21 @@
 Hot path of a C-STORE (no decode / re-encode of the data set):
 1. read Study / Series / SOP Instance UID from the head of the encoded data set (elements up to
    (0020,000E) only; pixel data is never touched);
-2. `Spool.store` the received bytes (128-byte preamble + file meta + the data set exactly as sent),
+2. walk the encoded data set for its bounds (inbound/bounds.py: sequence depth, element count);
+3. `Spool.store` the received bytes (128-byte preamble + file meta + the data set exactly as sent),
    durable (fsync + atomic rename) before we answer;
-3. answer Success (0x0000), Out of resources (0xA700) on any write error, or Cannot understand
-   (0xC210, reason logged) when the head of the data set cannot be parsed;
-4. report an `InstanceReceived` event to the study tracker.
+4. answer Success (0x0000); Out of resources (0xA700) on a write error, a full spool or an instance
+   over `node.max_instance_mb`; Cannot understand (0xC210, reason logged) when the head cannot be
+   parsed or a UID is not a UID; 0xC212 when the data set is over a bound;
+5. report an `InstanceReceived` event to the study tracker.
 
-With `node.scp_tuning` (default) each acceptor association runs the prompt reactor loops of
-inbound/tuning.py; with it off, stock pynetdicom. Several receiver processes can share the port
-(inbound/receivers.py). Logs: one line per association (at its end) and one per rejection; never
-patient name or ID.
+Admission (inbound/associations.py): a total association limit across receiver processes, the
+transfer syntax preference (lossless as proposed, lossy only alone, Deflate last), a deadline for the
+whole negotiation and a cap on connections still negotiating. Large data sets arrive into a temporary
+file instead of memory (inbound/streaming.py). With `node.scp_tuning` (default) each acceptor
+association runs the prompt reactor loops of inbound/tuning.py; with it off, stock pynetdicom. Several
+receiver processes can share the port (inbound/receivers.py). Logs: one line per association (at its
+end) and one per rejection; never patient name or ID.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import socket
 import ssl
@@ -35,6 +41,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicom_node.config import NodeConfig, TLSConfig
+from dicom_node.inbound.associations import AssociationGate, NegotiationWatchdog, guard
+from dicom_node.inbound.bounds import LimitExceeded, Limits, check_encoded
 from dicom_node.inbound.encoding import HEAD_BYTES, UndecodableDataset, file_meta_bytes, peek_identifiers
 from dicom_node.inbound.events import (
     DIMSE,
@@ -45,7 +53,8 @@ from dicom_node.inbound.events import (
     InstanceRefused,
     ReceiveEvent,
 )
-from dicom_node.inbound.spool import Spool, StoreStatus
+from dicom_node.inbound.spool import FileSlice, Spool, StoreStatus
+from dicom_node.inbound.streaming import SpillBuffer, stream_into_spill_buffers
 from dicom_node.inbound.tuning import adopt
 
 log = logging.getLogger("x2x.receive")
@@ -53,14 +62,21 @@ log = logging.getLogger("x2x.receive")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_OVER_LIMITS = 0xC212  # "cannot understand" family: the data set is over the node's bounds
+SPILLED_HEAD_BYTES = 1024 * 1024
+
+# Every syntax pynetdicom knows; which one an association gets is chosen per proposal
+# (inbound/associations.py: the sender's lossless syntaxes as proposed, lossy only alone, Deflate last).
+ACCEPTED_TRANSFER_SYNTAXES = list(ALL_TRANSFER_SYNTAXES)
 
 
-_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
-# pynetdicom accepts the first of *our* syntaxes that the sender proposes. Uncompressed last, so a
-# sender offering its file's own (compressed) encoding plus fallbacks sends it as it is, untranscoded.
-ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED] + list(
-    _UNCOMPRESSED
-)
+def uid_problem(uid: str) -> str | None:
+    """Why `uid` cannot be used as a UID (None when it can): it names files and goes into file meta."""
+    if len(uid) > 64:
+        return f"UID of {len(uid)} characters (at most 64)"
+    if not uid.isascii() or not uid.isprintable():
+        return f"UID with non-ASCII or control characters {uid[:64]!r}"
+    return None
 
 
 def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
@@ -93,7 +109,21 @@ class _AssocStats:
     bytes: int = 0
 
 
-class _PromptRequestHandler(RequestHandler):
+class _GuardedRequestHandler(RequestHandler):
+    """Every acceptor association: admission control (gate, deadline, transfer syntax preference) and
+    data sets streamed into SpillBuffers."""
+
+    server: _Server
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        scp = self.server.x2x_scp
+        stream_into_spill_buffers(assoc, scp.spool.root / ".incoming", scp.max_instance_bytes,
+                                  scp.config.maximum_pdu_size)
+        return guard(assoc, self.request, scp.watchdog)
+
+
+class _PromptRequestHandler(_GuardedRequestHandler):
     def _create_association(self) -> Association:
         return adopt(super()._create_association())
 
@@ -103,6 +133,8 @@ class _Server(ThreadedAssociationServer):
 
     reuse_port = False
     daemon_threads = True
+    request_queue_size = 256  # listen backlog (socketserver's default of 5 drops bursts of connections)
+    x2x_scp: StorageSCP
 
     handshake_timeout = 10.0
 
@@ -138,11 +170,17 @@ class _Server(ThreadedAssociationServer):
 class StorageSCP:
     """One pynetdicom acceptor writing into the spool and reporting events to `sink`."""
 
-    def __init__(self, config: NodeConfig, spool: Spool, sink: EventSink, *, reuse_port: bool = False):
+    def __init__(self, config: NodeConfig, spool: Spool, sink: EventSink, *, reuse_port: bool = False,
+                 gate: AssociationGate | None = None):
         self.config = config
         self.spool = spool
         self.sink = sink
         self.reuse_port = reuse_port
+        self.limits = Limits.from_node(config)
+        self.max_instance_bytes = config.max_instance_mb * 1024 * 1024
+        self.min_free_bytes = config.spool_min_free_mb * 1024 * 1024
+        self.gate = gate or AssociationGate(config.max_associations)
+        self.watchdog = NegotiationWatchdog(self.gate, config.acse_timeout, config.max_pending_associations)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stats: dict[int, _AssocStats] = {}
@@ -157,7 +195,9 @@ class StorageSCP:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
-        ae.maximum_associations = cfg.max_associations
+        # The limit is ours (AssociationGate: established associations, all receivers together);
+        # pynetdicom's own counts every thread, negotiating ones included, in this process only.
+        ae.maximum_associations = 100_000
         ae.maximum_pdu_size = cfg.maximum_pdu_size
         ae.acse_timeout = cfg.acse_timeout
         ae.dimse_timeout = cfg.dimse_timeout
@@ -185,14 +225,17 @@ class StorageSCP:
         ]
         _Server.reuse_port = self.reuse_port
         _Server.handshake_timeout = min(self.config.acse_timeout, 10.0)
+        _Server.request_queue_size = self.config.listen_backlog
+        _Server.x2x_scp = self
         server: _Server = self.ae.make_server(  # type: ignore[assignment]
             (self.config.host, self.config.port),
             ssl_context=build_ssl_context(self.config.tls),
             evt_handlers=handlers,
             server_class=_Server,
-            request_handler=_PromptRequestHandler if self.config.scp_tuning else RequestHandler,
+            request_handler=_PromptRequestHandler if self.config.scp_tuning else _GuardedRequestHandler,
         )
         self._server = server
+        self.watchdog.start()
         self.ae._servers.append(server)  # pynetdicom's shutdown() removes it from this list
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="x2x-scp", daemon=True
@@ -208,6 +251,7 @@ class StorageSCP:
             for assoc in list(self._server.active_associations):
                 assoc.abort()
             self._server = None
+            self.watchdog.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -238,10 +282,11 @@ class StorageSCP:
     def _on_rejected(self, event: evt.Event) -> None:
         calling = str(event.assoc.requestor.ae_title or "").strip()
         allowed = self.config.allowed_calling_aes
-        if allowed and calling not in [a.strip() for a in allowed]:
+        limit_reason = getattr(event.assoc, "x2x_reject_reason", None)
+        if limit_reason:
+            reason = limit_reason
+        elif allowed and calling not in [a.strip() for a in allowed]:
             reason = "calling AE title not in node.allowed_calling_aes"
-        elif len(self._server.active_associations if self._server else []) > self.config.max_associations:
-            reason = f"more than node.max_associations={self.config.max_associations} associations"
         else:
             reason = "no acceptable presentation context or protocol error"
         log.warning(
@@ -251,6 +296,7 @@ class StorageSCP:
         self._emit(AssociationRejected(calling_ae=calling, reason=reason))
 
     def _on_ended(self, event: evt.Event) -> None:
+        self.watchdog.ended(event.assoc)
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         with self._lock:
             st = self._stats.pop(id(event.assoc), None)
@@ -265,39 +311,94 @@ class StorageSCP:
         )
         self._emit(AssociationEnded(st.association_id, st.calling_ae, st.called_ae, how, DIMSE))
 
+    def _refuse(self, st: _AssocStats, sop: str, status: int, kind: str, reason: str) -> int:
+        st.failed += 1
+        log.warning("C-STORE of SOP %s refused (0x%04X): %s", sop, status, reason)
+        self._emit(InstanceRefused(sop, kind, reason))
+        return status
+
     def _on_store(self, event: evt.Event) -> int:
         st = self._stats_for(event.assoc)
         request: Any = event.request  # a C_STORE primitive
-        # A view of pynetdicom's buffer: the data set is never copied, decoded or re-encoded.
-        dataset = request.DataSet.getbuffer()  # type: ignore[union-attr]
-        transfer_syntax = event.context.transfer_syntax
+        received = request.DataSet
         try:
-            try:  # the UIDs sit near the start; parse a small head first, everything if that fails
-                study, series, sop = peek_identifiers(bytes(dataset[:HEAD_BYTES]), transfer_syntax)
-            except UndecodableDataset:
-                study, series, sop = peek_identifiers(bytes(dataset), transfer_syntax)
-        except UndecodableDataset as exc:
-            st.failed += 1
-            log.warning("C-STORE of SOP %s refused (0xC210): %s",
-                        request.AffectedSOPInstanceUID, exc)
-            self._emit(InstanceRefused(str(request.AffectedSOPInstanceUID), "cannot-understand", str(exc)))
-            return STATUS_CANNOT_UNDERSTAND
-        sop = sop or str(request.AffectedSOPInstanceUID)
+            return self._store(st, request, received, str(event.context.transfer_syntax))
+        except Exception as exc:  # noqa: BLE001 - the last net: a status and one line, never a traceback
+            log.debug("C-STORE handler failed", exc_info=True)
+            return self._refuse(st, str(request.AffectedSOPInstanceUID), 0xC211, "cannot-understand",
+                                f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            if isinstance(received, SpillBuffer):
+                received.release()
+
+    def _store(self, st: _AssocStats, request: Any, received: Any, transfer_syntax: str) -> int:
+        affected = str(request.AffectedSOPInstanceUID or "")
+        spilled = isinstance(received, SpillBuffer) and received.spilled
+        if isinstance(received, SpillBuffer) and received.over_cap:
+            return self._refuse(st, affected, STATUS_OUT_OF_RESOURCES, "out-of-resources",
+                                f"instance of {received.size / 2**20:.0f} MB is larger than "
+                                f"node.max_instance_mb={self.config.max_instance_mb}")
+        mapped: Any = None
+        try:
+            if spilled:
+                size = received.size
+                mapped = mmap.mmap(received.fileno_for_copy(), size, access=mmap.ACCESS_READ)
+                dataset: Any = mapped
+                head = received.head(SPILLED_HEAD_BYTES)
+            else:
+                # A view of pynetdicom's buffer: the data set is never copied, decoded or re-encoded.
+                dataset = received.getbuffer()
+                size = len(dataset)
+                head = bytes(dataset[:HEAD_BYTES])
+            try:  # first, before anything parses it: pydicom recurses into nested sequences
+                check_encoded(dataset, transfer_syntax, self.limits)
+            except LimitExceeded as exc:
+                return self._refuse(st, ascii(affected)[1:-1], STATUS_OVER_LIMITS, "cannot-understand", str(exc))
+            try:
+                try:  # the UIDs sit near the start; parse a small head first, everything if that fails
+                    study, series, sop = peek_identifiers(head, transfer_syntax)
+                except UndecodableDataset:
+                    if spilled:
+                        raise
+                    study, series, sop = peek_identifiers(bytes(dataset), transfer_syntax)
+            except UndecodableDataset as exc:
+                return self._refuse(st, affected, STATUS_CANNOT_UNDERSTAND, "cannot-understand", str(exc))
+            sop = sop or affected
+            for what, uid in (("Study Instance UID", study), ("Series Instance UID", series),
+                              ("SOP Instance UID", sop)):
+                problem = uid_problem(uid)
+                if problem is not None:
+                    return self._refuse(st, ascii(affected)[1:-1], STATUS_CANNOT_UNDERSTAND, "cannot-understand",
+                                        f"{what}: {problem}")
+            return self._spool(st, request, dataset, received if spilled else None, size,
+                               (study, series, sop), transfer_syntax)
+        finally:
+            if mapped is not None:
+                mapped.close()
+
+    def _spool(self, st: _AssocStats, request: Any, dataset: Any, spill: SpillBuffer | None, size: int,
+               uids: tuple[str, str, str], transfer_syntax: str) -> int:
+        study, series, sop = uids
+        try:
+            free = self.spool.free_bytes()
+        except OSError:
+            free = None
+        if free is not None and free - size < self.min_free_bytes:
+            return self._refuse(st, sop, STATUS_OUT_OF_RESOURCES, "out-of-resources",
+                                f"spool has {free / 2**20:.0f} MB free, keeping node.spool_min_free_mb="
+                                f"{self.config.spool_min_free_mb}")
         # File meta (as pynetdicom would build it), written ahead of the untouched data set bytes.
         meta = file_meta_bytes(
-            str(request.AffectedSOPClassUID), sop, str(transfer_syntax), st.calling_ae,
+            str(request.AffectedSOPClassUID), sop, transfer_syntax, st.calling_ae,
             self.ae.implementation_class_uid, self.ae.implementation_version_name or "",
         )
         try:
             self.spool.record_origin(study, st.called_ae, st.calling_ae)
         except OSError as exc:
-            st.failed += 1
             log.error("C-STORE of SOP %s: cannot record study origin: %s", sop, exc)
-            self._emit(InstanceRefused(sop, "out-of-resources", str(exc)))
-            return STATUS_OUT_OF_RESOURCES
-        outcome = self.spool.store(
-            (meta, dataset), study_uid=study, series_uid=series, sop_uid=sop
-        )
+            return self._refuse(st, sop, STATUS_OUT_OF_RESOURCES, "out-of-resources", str(exc))
+        body = FileSlice(spill.fileno_for_copy(), 0, size) if spill is not None else dataset
+        outcome = self.spool.store((meta, body), study_uid=study, series_uid=series, sop_uid=sop)
         if not outcome.ok:
             st.failed += 1
             self._emit(InstanceRefused(sop, "out-of-resources", outcome.error or ""))
@@ -307,7 +408,7 @@ class StorageSCP:
             st.duplicates += 1
         else:
             st.stored += 1
-            st.bytes += len(dataset)
+            st.bytes += size
         self._emit(
             InstanceReceived(
                 study_uid=study, series_uid=series, sop_uid=sop, path=str(outcome.path),

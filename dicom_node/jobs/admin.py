@@ -25,7 +25,8 @@ def cancel_job(ctx: NodeContext, job_id: int) -> Job:
 
 def retry_job(ctx: NodeContext, job_id: int) -> Job:
     """Queue a failed, dead-lettered or cancelled job again (attempt counter reset)."""
-    result = ctx.store.transition(job_id, Action.RETRY, attempts=0, next_attempt_at=None, finished_at=None)
+    result = ctx.store.transition(job_id, Action.RETRY, attempts=0, requeues=0, next_attempt_at=None,
+                                  finished_at=None)
     if result.job is None:
         raise KeyError(job_id)
     if not result.changed:

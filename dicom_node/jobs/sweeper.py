@@ -24,10 +24,14 @@ def sweep_once(ctx: NodeContext) -> list[int]:
         job = ctx.store.get(job_id)
         if job is None:
             continue
-        if job.state in IN_PROGRESS and not leases.requeue_in_progress(
-            ctx.store, job_id, lease_seconds=q.lease_seconds
-        ):
-            continue
+        if job.state in IN_PROGRESS:
+            quarantined = leases.quarantine_orphan(ctx.store, job_id, lease_seconds=q.lease_seconds,
+                                                   max_requeues=q.max_requeues)
+            if quarantined is not None:
+                log.error("job %s dead-lettered: %s", job_id, quarantined)
+                continue
+            if not leases.requeue_in_progress(ctx.store, job_id, lease_seconds=q.lease_seconds):
+                continue
         log.warning("recovering job %s (was %s; its worker is gone or its message was lost)",
                     job_id, job.state)
         enqueue(ctx, job_id)

@@ -10,6 +10,7 @@ from typing import Any
 from dicom_node.context import NodeContext
 from dicom_node.jobs import tasks
 from dicom_node.jobs.celery_app import celery_app, configure_celery
+from dicom_node.jobs.sandbox import stop_sandboxes
 from dicom_node.jobs.sweeper import Sweeper
 
 log = logging.getLogger("x2x.jobs.worker")
@@ -66,6 +67,7 @@ class EmbeddedWorker:
         self._sweeper.stop()
         self.controller.stop(in_sighandler=False)
         self._thread.join(timeout)
+        stop_sandboxes()
 
 
 def start_embedded_worker(ctx: NodeContext) -> None:
@@ -105,6 +107,7 @@ def run_worker(
         worker.start()
     finally:
         sweeper.stop()
+        stop_sandboxes()
 
 
 def _route_celery_console_messages() -> None:
