@@ -342,17 +342,19 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_data))
 
     # Derived locations -------------------------------------------------------------------
+    # Absolute, whatever the working directory was: these paths are stored (jobs, study instances) and
+    # must mean the same file to a node restarted elsewhere, to `x2x` commands and to workers.
     @property
     def var_dir(self) -> Path:
-        return self.paths.var_dir
+        return self.paths.var_dir.absolute()
 
     @property
     def spool_dir(self) -> Path:
-        return self.paths.spool()
+        return self.paths.spool().absolute()
 
     @property
     def results_dir(self) -> Path:
-        return self.paths.results()
+        return self.paths.results().absolute()
 
     @property
     def database_url(self) -> str:

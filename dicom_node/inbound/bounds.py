@@ -248,34 +248,51 @@ def _elements(ds: Any) -> Iterator[Any]:
             yield elem
 
 
-def _file_meta(fh: Any) -> tuple[str, int]:
-    """(transfer syntax, offset of the data set) of a Part 10 file: the preamble, 'DICM' and the group
-    0002 elements (always Explicit VR Little Endian), read without decoding anything else."""
-    head = fh.read(132)
-    if len(head) < 132 or head[128:132] != b"DICM":
-        return "1.2.840.10008.1.2", 0  # no preamble: a bare data set, Implicit VR Little Endian
-    ts, pos = "1.2.840.10008.1.2", 132
-    while True:
-        fh.seek(pos)
-        header = fh.read(12)
-        if len(header) < 8 or struct.unpack_from("<H", header, 0)[0] != 0x0002:
-            return ts, pos
-        elem = struct.unpack_from("<H", header, 2)[0]
-        vr = header[4:6]
+@dataclass(frozen=True)
+class Part10Meta:
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    dataset_offset: int  # where the data set starts
+
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+def part10_meta(buf: Any) -> Part10Meta:
+    """The file meta of a Part 10 object in `buf` (bytes / memoryview / mmap): preamble, 'DICM' and the
+    group 0002 elements (always Explicit VR Little Endian), read without pydicom. A buffer without the
+    'DICM' prefix is taken as a bare Implicit VR Little Endian data set (as pydicom's force=True does)."""
+    if len(buf) < 132 or bytes(buf[128:132]) != b"DICM":
+        return Part10Meta(IMPLICIT_LE, "", "", 0)
+    values: dict[int, str] = {}
+    pos, size = 132, len(buf)
+    while pos + 8 <= size:
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group != 0x0002:
+            break
+        vr = bytes(buf[pos + 4:pos + 6])
         if vr in _LONG_VRS:
-            length, value = struct.unpack_from("<I", header, 8)[0], pos + 12
+            if pos + 12 > size:
+                break
+            (length,) = struct.unpack_from("<I", buf, pos + 8)
+            value = pos + 12
         else:
-            length, value = struct.unpack_from("<H", header, 6)[0], pos + 8
-        if elem == 0x0010:
-            fh.seek(value)
-            ts = fh.read(length).decode("ascii", "replace").strip(" \0")
+            (length,) = struct.unpack_from("<H", buf, pos + 6)
+            value = pos + 8
+        if value + length > size:
+            raise Unfollowable("file meta runs past the end of the object")
+        if elem in (0x0002, 0x0003, 0x0010):
+            values[elem] = bytes(buf[value:value + length]).decode("latin-1").strip(" \0")
         pos = value + length
+    return Part10Meta(values.get(0x0010) or IMPLICIT_LE, values.get(0x0002, ""), values.get(0x0003, ""), pos)
 
 
 def check_file(path: Path, limits: Limits) -> None:
     """`check_encoded` for a Part 10 file on disk (mapped, not read into memory)."""
     with open(path, "rb") as fh:
-        ts, offset = _file_meta(fh)
+        meta = part10_meta(fh.read(64 * 1024))
+        ts, offset = meta.transfer_syntax, meta.dataset_offset
         size = fh.seek(0, 2)
         if size <= offset:
             return

@@ -53,6 +53,7 @@ from dicom_node.inbound.events import (
     InstanceRefused,
     ReceiveEvent,
 )
+from dicom_node.inbound.http import uid_problem
 from dicom_node.inbound.spool import FileSlice, Spool, StoreStatus
 from dicom_node.inbound.streaming import SpillBuffer, stream_into_spill_buffers
 from dicom_node.inbound.tuning import adopt
@@ -68,15 +69,6 @@ SPILLED_HEAD_BYTES = 1024 * 1024
 # Every syntax pynetdicom knows; which one an association gets is chosen per proposal
 # (inbound/associations.py: the sender's lossless syntaxes as proposed, lossy only alone, Deflate last).
 ACCEPTED_TRANSFER_SYNTAXES = list(ALL_TRANSFER_SYNTAXES)
-
-
-def uid_problem(uid: str) -> str | None:
-    """Why `uid` cannot be used as a UID (None when it can): it names files and goes into file meta."""
-    if len(uid) > 64:
-        return f"UID of {len(uid)} characters (at most 64)"
-    if not uid.isascii() or not uid.isprintable():
-        return f"UID with non-ASCII or control characters {uid[:64]!r}"
-    return None
 
 
 def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:

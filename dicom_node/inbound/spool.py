@@ -132,7 +132,7 @@ class Spool:
         return int(st.f_bavail * st.f_frsize)
 
     def store(
-        self, raw: bytes | Sequence[bytes | memoryview | FileSlice], *, study_uid: str, series_uid: str,
+        self, raw: bytes | memoryview | Sequence[bytes | memoryview | FileSlice], *, study_uid: str, series_uid: str,
         sop_uid: str,
     ) -> StoreOutcome:
         """Durably store one instance; `raw` is the complete file (or its parts, written in order)."""

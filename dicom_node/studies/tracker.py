@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from dicom_node import metrics
 from dicom_node.context import NodeContext
+from dicom_node.db.engine import retry_locked
 from dicom_node.db.tables import StudyRecord, utcnow
 from dicom_node.inbound.events import DIMSE, AssociationEnded, InstanceReceived, ReceiveEvent, count_receive_event
 from dicom_node.inbound.spool import Spool
 from dicom_node.studies.intake import create_jobs_for_study
-from dicom_node.db.engine import retry_locked
 from dicom_node.studies.records import ERROR, RECEIVING, RETRYING, StudyOutcome, recorded_paths, save_error
 
 log = logging.getLogger("x2x.studies")
