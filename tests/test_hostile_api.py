@@ -44,7 +44,8 @@ def _stow_body(parts: list[bytes]) -> tuple[bytes, str]:
 
 def _deep_part10(depth: int) -> bytes:
     """A Part 10 object whose data set is one sequence nested `depth` levels (undefined lengths)."""
-    item, seq_end, item_end = b"\xfe\xff\x00\xe0\xff\xff\xff\xff", b"\xfe\xff\xdd\xe0\0\0\0\0", b"\xfe\xff\x0d\xe0\0\0\0\0"
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    seq_end, item_end = b"\xfe\xff\xdd\xe0\0\0\0\0", b"\xfe\xff\x0d\xe0\0\0\0\0"
     opening = struct.pack("<HH", 0x0008, 0x1110) + b"SQ\0\0\xff\xff\xff\xff" + item
     meta = pydicom.Dataset()
     meta.file_meta = pydicom.dataset.FileMetaDataset()
