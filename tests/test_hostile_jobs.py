@@ -223,7 +223,7 @@ def test_a_job_whose_worker_dies_twice_is_quarantined(tmp_path, fast_model_dir, 
 [requests]
 default_instruction = "{INSTRUCTION}"
 [edit]
-steps = 60
+steps = 30
 [queue]
 embedded_worker = false
 lease_seconds = 3
@@ -235,7 +235,11 @@ sweep_interval_seconds = 1
         node.wait_for_jobs(1)
         for death in (1, 2):
             worker = _start_worker(node, tmp_path, f"victim{death}")
-            node.wait_for(lambda: node.jobs()[0]["state"] == "editing", 120, f"editing (worker {death})")
+            log = tmp_path / f"victim{death}.log"
+            node.wait_for(lambda: "claimed by" in log.read_text(errors="replace"), 120,  # noqa: B023
+                          f"worker {death} to claim the job")
+            time.sleep(1.0)
+            assert node.jobs()[0]["state"] == "editing"
             _kill(worker)  # the worker dies with the job (as an OOM kill or a crash in a library would)
         rescuer = _start_worker(node, tmp_path, "third")
         try:

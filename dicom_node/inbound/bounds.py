@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import mmap
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,15 +162,48 @@ def walk(buf: Any, *, implicit: bool, little: bool, limits: Limits, start: int =
     return deepest, elements
 
 
-def _inflated(data: Any, limit: int) -> bytes:
+def _inflated(data: Any, limit: int) -> Any:
+    """The inflated data set in a nameless temporary file, mapped (inflated in 1 MB steps, never whole
+    in memory); LimitExceeded past `limit` bytes: a Deflate bomb stops there."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the mapping's owner below
+    size, view, pos, step = 0, memoryview(data), 0, 1 << 20
     try:
-        out = inflater.decompress(bytes(data), limit + 1)
+        while pos < len(view) or inflater.unconsumed_tail:
+            chunk = inflater.unconsumed_tail or bytes(view[pos:pos + step])
+            if not inflater.unconsumed_tail:
+                pos += step
+            piece = inflater.decompress(chunk, step)
+            size += len(piece)
+            if size > limit:
+                raise LimitExceeded(f"deflated data set inflates beyond {limit // 2**20} MB (node.max_instance_mb)")
+            out.write(piece)
+            if inflater.eof:
+                break
     except zlib.error as exc:
+        out.close()
         raise Unfollowable(f"deflated data set does not inflate: {exc}") from exc
-    if len(out) > limit:
-        raise LimitExceeded(f"deflated data set inflates beyond {limit // 2**20} MB (node.max_instance_mb)")
-    return out
+    except BaseException:
+        out.close()
+        raise
+    finally:
+        view.release()
+    out.flush()
+    return _Inflated(out, size)
+
+
+class _Inflated:
+    """An inflated data set on disk, as a read-only mapping (closed with it)."""
+
+    def __init__(self, fh: Any, size: int):
+        self.fh = fh
+        self.size = size
+        self.mapped = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) if size else None
+
+    def close(self) -> None:
+        if self.mapped is not None:
+            self.mapped.close()
+        self.fh.close()
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,12 +215,21 @@ def _encoding(transfer_syntax: str) -> tuple[UID, bool, bool, bool]:
 def check_encoded(data: Any, transfer_syntax: str, limits: Limits) -> None:
     """Walk the encoded data set (bytes / memoryview / mmap) of `transfer_syntax`; raises LimitExceeded."""
     ts, implicit, little, deflated = _encoding(str(transfer_syntax))
-    if deflated:
-        data = _inflated(data, limits.max_inflated_bytes)
+    if not deflated:
+        try:
+            walk(data, implicit=implicit, little=little, limits=limits)
+        except Unfollowable:
+            check_parsed(bytes(data), ts, limits)
+        return
+    inflated = _inflated(data, limits.max_inflated_bytes)
     try:
-        walk(data, implicit=implicit, little=little, limits=limits)
-    except Unfollowable:
-        check_parsed(bytes(data), ts, limits)
+        if inflated.mapped is not None:
+            try:
+                walk(inflated.mapped, implicit=False, little=True, limits=limits)
+            except Unfollowable:
+                check_parsed(inflated.mapped[:], UID("1.2.840.10008.1.2.1"), limits)
+    finally:
+        inflated.close()
 
 
 def check_parsed(data: bytes, ts: UID, limits: Limits) -> None:

@@ -45,6 +45,8 @@ def uid_problem(uid: str) -> str | None:
         return f"UID of {len(uid)} characters (at most 64)"
     if not uid.isascii() or not uid.isprintable():
         return f"UID with non-ASCII or control characters {uid[:64]!r}"
+    if " " in uid or "\\" in uid:
+        return f"UID with a space or several values {uid[:64]!r}"
     return None
 
 

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from editor import Editor
 
 
+class EditFailed(RuntimeError):
+    """The edit failed where it ran (the edit process); the message is already the job's reason."""
+
+
 @dataclass(frozen=True)
 class EditInput:
     job_id: int

@@ -23,7 +23,7 @@ from typing import Any
 from dicom_node import metrics
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import Job, utcnow
-from dicom_node.jobs.editing import EditInput, edit_and_write
+from dicom_node.jobs.editing import EditFailed, EditInput, edit_and_write
 from dicom_node.jobs.sandbox import sandbox_for
 from dicom_node.jobs.states import Action, JobState
 from dicom_node.results import result_files
@@ -59,6 +59,8 @@ def backoff_seconds(ctx: NodeContext, attempts: int) -> float:
 
 
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, EditFailed):  # formatted where it happened (the edit process)
+        return str(exc)[:2000]
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
 
 

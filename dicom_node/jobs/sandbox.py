@@ -12,7 +12,8 @@ allocate memory"), the job fails with that reason and the child lives on; if the
 
 One long-lived child per worker process (spawned, never forked: torch and CUDA do not survive a fork),
 loading the model once. Protocol over a pipe: run(EditInput, out_dir) -> "edited" (the parent moves
-the job to encoding, or says "stop" when it was cancelled) -> "done" (EditOutput) | "error" (text).
+the job to encoding, or says "stop" when it was cancelled) -> "done" (EditOutput) | "error" (text) |
+"fatal" (text; the child exits after it, giving its memory back: a memory error).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Settings
-from dicom_node.jobs.editing import EditInput, EditOutput, edit_and_write
+from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write
 
 log = logging.getLogger("x2x.jobs.sandbox")
 
 
-class EditProcessDied(RuntimeError):
+class EditProcessDied(EditFailed):
     """The edit's child process ended without an answer."""
 
 
@@ -91,7 +92,7 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
             if not _is_memory_error(exc):
                 conn.send(("error", _error_text(exc)))
                 continue
-            conn.send(("error", f"the edit needed more memory than queue.edit_memory_limit_mb allows "
+            conn.send(("fatal", f"the edit needed more memory than queue.edit_memory_limit_mb allows "
                                 f"({limit // 2**20} MB): {_error_text(exc)[:300]}"))
             return  # a fresh process for the next edit gives the memory back
 
@@ -140,7 +141,12 @@ class EditSandbox:
         with self._lock:
             if self._proc is None or not self._proc.is_alive():
                 self._start()
-            self._conn.send((job, str(out_dir)))
+            try:
+                self._conn.send((job, str(out_dir)))
+            except OSError:  # it ended just now (after an earlier job): a new one
+                self.stop()
+                self._start()
+                self._conn.send((job, str(out_dir)))
             while True:
                 kind, value = self._receive()
                 if kind == "edited":
@@ -154,9 +160,13 @@ class EditSandbox:
                 elif kind == "done":
                     return value  # type: ignore[no-any-return]
                 elif kind == "error":
-                    raise RuntimeError(value)
+                    raise EditFailed(value)
+                elif kind == "fatal":  # the child ends after this answer (memory): wait for it
+                    self._proc.join(10)
+                    self.stop()
+                    raise EditFailed(value)
                 else:  # "stopped" without our asking: treat as an error
-                    raise RuntimeError(f"edit process answered {kind!r}")
+                    raise EditFailed(f"edit process answered {kind!r}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
