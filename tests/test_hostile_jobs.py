@@ -158,13 +158,14 @@ def _hold_write_lock(db: Path, seconds: float) -> threading.Thread:
 
 @pytest.mark.slow
 def test_a_locked_database_at_completion_delays_the_study_never_drops_it(tmp_path, tiny_model_dir, chest_cr_path):
-    """main, default settings: a write lock held past SQLite's 30 s busy timeout during completion took
-    the study off the pending list, the failure handler failed on the same lock, and it was never
-    processed (the instance had been answered Success). Now the writes retry and the job appears."""
+    """main, default settings: a write lock held for 70 s (past SQLite's 30 s busy timeout, twice) during
+    completion took the study off the pending list; its writes failed on the lock and it was never
+    processed, not even once the lock was gone (the instance had been answered Success). Now the writes
+    retry and the job appears once the database is free."""
     cfg = f'[requests]\ndefault_instruction = "{INSTRUCTION}"\n[queue]\nembedded_worker = false\n'
     src = _write(chest_copy(chest_cr_path, factor=8), tmp_path / "in" / "cr.dcm")
     with run_node(tmp_path, cfg, model_dir=tiny_model_dir) as node:
-        holder = _hold_write_lock(node.db_path, 38)
+        holder = _hold_write_lock(node.db_path, 70)
         assert _send(node.port, [src]) == [0]
         holder.join()
         jobs = node.wait_for(lambda: node.jobs(), 120, "the study's job after the lock is gone")

@@ -97,7 +97,7 @@ def _quick_check(engine: Engine, url: str) -> None:
         if url in _checked:
             return
     with engine.connect() as connection:
-        problems = [str(row[0]) for row in connection.execute(text("PRAGMA quick_check(3)"))]
+        problems = [" ".join(str(row[0]).split()) for row in connection.execute(text("PRAGMA quick_check(3)"))]
     if problems != ["ok"]:
         raise DatabaseUnusable(f"database {describe(url)} is damaged (quick_check: {'; '.join(problems)[:300]}): "
                                "restore it from a backup, or move it away to start with an empty one")
