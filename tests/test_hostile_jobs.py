@@ -344,3 +344,30 @@ def test_a_source_nested_deeper_than_the_copy_limit_is_not_copied_into_outputs(c
     ds.ReferencedStudySequence = inner.ReferencedStudySequence[0].ReferencedStudySequence
     check_copy_depth(ds)  # exactly the limit: copied
     assert "ReferencedStudySequence" in metadata_copy(ds)
+
+
+@pytest.mark.slow
+def test_stopping_the_node_mid_edit_requeues_the_job_without_counting_a_death(tmp_path, fast_model_dir,
+                                                                              chest_cr_path):
+    """With edits in a child process, a clean stop (SIGTERM) in the middle of an edit must neither fail
+    the job nor count towards its quarantine: it goes back on the queue and the next start does it.
+    (The edit outlasts the embedded worker's 30 s of warm shutdown: 900 steps.)"""
+    cfg = f"""
+[requests]
+default_instruction = "{INSTRUCTION}"
+[edit]
+steps = 900
+"""
+    src = _write(chest_copy(chest_cr_path, factor=8), tmp_path / "in" / "cr.dcm")
+    var_dir = tmp_path / "node-var"
+    with run_node(tmp_path, cfg, model_dir=fast_model_dir, var_dir=var_dir) as node:
+        assert _send(node.port, [src]) == [0]
+        node.wait_for(lambda: (j := node.jobs()) and j[0]["state"] == "editing", 120, "the job editing")
+        time.sleep(1.0)
+        assert node.stop(timeout=90) == 0
+        (job,) = node.jobs()
+        assert job["state"] == "queued" and job["requeues"] == 0 and not job["last_error"], job
+        assert "put back on the queue: the worker is stopping" in node.log_text()
+    with run_node(tmp_path, cfg, model_dir=fast_model_dir, var_dir=var_dir, port=node.port) as again:
+        (job,) = _wait_final(again, 1, 300)
+        assert job["state"] == "done" and job["requeues"] == 0, job

@@ -38,6 +38,11 @@ class EditProcessDied(EditFailed):
     """The edit's child process ended without an answer."""
 
 
+class SandboxStopping(BaseException):  # noqa: N818 - not an error of the job: the worker is stopping
+    """The worker stops its edit process while an edit runs: the job is put back on the queue, not
+    failed (BaseException, so that no job-level handler records it as the job's error)."""
+
+
 class EditCancelled(Exception):
     """`on_edited` refused (the job was cancelled): nothing was written."""
 
@@ -67,11 +72,17 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
     setup_logging(settings.logging.level, settings.logging.json_format)
     editor: Any = None
     while True:
-        if not conn.poll(1.0):
-            if os.getppid() != parent:
-                return  # the worker is gone
-            continue
-        job, out_dir = conn.recv()
+        try:
+            if not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return  # the worker is gone
+                continue
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the worker closed the pipe: it is stopping
+        if message == "quit":
+            return
+        job, out_dir = message
 
         def edited() -> None:
             conn.send(("edited", None))
@@ -107,6 +118,7 @@ class EditSandbox:
         self._proc: Any = None
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._stopping = False
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
@@ -120,63 +132,93 @@ class EditSandbox:
         log.info("edit process %s started (memory limit %d MB)", self._proc.pid, self.limit // 2**20)
 
     def _receive(self) -> tuple[str, Any]:
-        while not self._conn.poll(0.5):
-            if not self._proc.is_alive():
-                code = self._proc.exitcode
-                self._proc, self._conn = None, None
+        conn, proc = self._conn, self._proc  # stop() may clear them from another thread meanwhile
+        if conn is None or proc is None:
+            raise SandboxStopping()
+        while True:
+            if self._stopping:
+                raise SandboxStopping()
+            try:
+                if conn.poll(0.5):
+                    message: tuple[str, Any] = conn.recv()
+                    return message
+            except (EOFError, OSError, ValueError) as exc:  # closed by stop(), or the child's end
+                if self._stopping:
+                    raise SandboxStopping() from exc
+                self._shutdown()
+                raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
+            if not proc.is_alive() and not conn.poll(0):
+                code = proc.exitcode
+                self._shutdown()
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 raise EditProcessDied(
                     f"the edit's process died ({how}) before finishing; memory limit "
                     f"{self.limit // 2**20} MB (queue.edit_memory_limit_mb)"
                 )
+
+    def _send(self, conn: Any, message: Any) -> None:
         try:
-            message: tuple[str, Any] = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            self.stop()
+            conn.send(message)
+        except (OSError, ValueError) as exc:
+            if self._stopping:
+                raise SandboxStopping() from exc
+            self._shutdown()
             raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
-        return message
 
     def run(self, job: EditInput, out_dir: Path, on_edited: Callable[[], None]) -> EditOutput:
-        """Edit and write in the child. `on_edited` raising stops it (nothing written) and re-raises."""
+        """Edit and write in the child. `on_edited` raising stops it (nothing written) and re-raises;
+        SandboxStopping when the worker stops this sandbox meanwhile."""
         with self._lock:
+            if self._stopping:
+                raise SandboxStopping()
             if self._proc is None or not self._proc.is_alive():
                 self._start()
             try:
                 self._conn.send((job, str(out_dir)))
             except OSError:  # it ended just now (after an earlier job): a new one
-                self.stop()
+                self._shutdown()
                 self._start()
                 self._conn.send((job, str(out_dir)))
+            conn, proc = self._conn, self._proc
             while True:
                 kind, value = self._receive()
                 if kind == "edited":
                     try:
                         on_edited()
                     except BaseException:
-                        self._conn.send("stop")
+                        self._send(conn, "stop")
                         self._receive()
                         raise
-                    self._conn.send("encode")
+                    self._send(conn, "encode")
                 elif kind == "done":
                     return value  # type: ignore[no-any-return]
                 elif kind == "error":
                     raise EditFailed(value)
                 elif kind == "fatal":  # the child ends after this answer (memory): wait for it
-                    self._proc.join(10)
-                    self.stop()
+                    proc.join(10)
+                    self._shutdown()
                     raise EditFailed(value)
                 else:  # "stopped" without our asking: treat as an error
                     raise EditFailed(f"edit process answered {kind!r}")
 
     def stop(self) -> None:
+        """The worker is stopping: end the child (an edit in progress raises SandboxStopping in run())."""
+        self._stopping = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         proc, self._proc = self._proc, None
         if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send("quit")
             with contextlib.suppress(OSError):
                 self._conn.close()
             self._conn = None
         if proc is not None and proc.is_alive():
-            proc.terminate()
             proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
             if proc.is_alive():
                 proc.kill()
 

@@ -12,6 +12,7 @@ from dicom_node.jobs import leases
 from dicom_node.jobs.celery_app import celery_app
 from dicom_node.jobs.pipeline import run_job
 from dicom_node.jobs.queue import RUN_JOB_TASK, enqueue
+from dicom_node.jobs.sandbox import SandboxStopping
 from dicom_node.jobs.states import Action, JobState
 
 log = logging.getLogger("x2x.jobs.tasks")
@@ -53,6 +54,10 @@ def run_job_task(job_id: int) -> dict[str, Any]:
         with leases.Heartbeat(ctx.store, job_id, me, interval):
             outcome = run_job(ctx, job_id)
         state, retry_in = outcome.state, outcome.retry_in
+    except SandboxStopping:  # the worker stops mid-edit: back on the queue, not failed, not a death
+        ctx.store.transition(job_id, Action.REQUEUE)
+        log.info("job %s put back on the queue: the worker is stopping", job_id)
+        state = JobState.QUEUED.value
     except Exception as exc:  # the pipeline records its own errors; this is the safety net
         log.error("job %s failed unexpectedly: %s", job_id, type(exc).__name__, exc_info=True)
         job = ctx.store.get(job_id)
