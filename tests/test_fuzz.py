@@ -62,10 +62,11 @@ def _cstore_all(port: int, cases: list[FuzzCase]) -> dict[str, int | None]:
     return statuses
 
 
-def _stow_all(node: NodeProcess, cases: list[FuzzCase]) -> tuple[collections.Counter[str], int]:
-    """Parts answered (Referenced / FailedSOPSequence entries) per HTTP status, over requests of 20 parts."""
+def _stow_all(node: NodeProcess, cases: list[FuzzCase]) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """Requests per HTTP status, and parts answered (stored / failed with each FailureReason), over
+    requests of 20 parts."""
     token = (node.var_dir / "api-token").read_text().strip()
-    answered, per_status = 0, collections.Counter[str]()
+    parts, per_status = collections.Counter[str](), collections.Counter[str]()
     with httpx.Client(base_url=f"http://127.0.0.1:{node.api_port}", timeout=120) as c:
         for start in range(0, len(cases), 20):
             batch = cases[start:start + 20]
@@ -78,16 +79,18 @@ def _stow_all(node: NodeProcess, cases: list[FuzzCase]) -> tuple[collections.Cou
             per_status[str(r.status_code)] += 1
             assert r.status_code in (200, 202, 409), r.text[:500]
             resp = pydicom.Dataset.from_json(r.json())
-            answered += len(resp.get("ReferencedSOPSequence", [])) + len(resp.get("FailedSOPSequence", []))
-    return per_status, answered
+            parts["stored"] += len(resp.get("ReferencedSOPSequence", []))
+            for item in resp.get("FailedSOPSequence", []):
+                parts[f"failed 0x{int(item.FailureReason):04X}"] += 1
+    return per_status, parts
 
 
 def test_fuzz_corpus_through_the_scp_and_stow(tmp_path: Path, fast_model_dir: Path, chest_cr_path: Path) -> None:
     dimse_cases = fuzz_corpus(chest_cr_path, tmp_path / "dimse", seed=1, size_cap_mb=CAP_MB)
     stow_cases = fuzz_corpus(chest_cr_path, tmp_path / "stow", seed=2, size_cap_mb=CAP_MB)
-    with run_node(tmp_path, NODE_TOML, model_dir=fast_model_dir, address_space_mb=8000) as node:
+    with run_node(tmp_path, NODE_TOML, model_dir=fast_model_dir, address_space_mb=4000) as node:
         statuses = _cstore_all(node.port, dimse_cases)
-        http_statuses, stow_answered = _stow_all(node, stow_cases)
+        http_statuses, stow_parts = _stow_all(node, stow_cases)
         assert node.echo(), "the node stopped answering C-ECHO"
 
         def settled() -> bool:
@@ -102,7 +105,7 @@ def test_fuzz_corpus_through_the_scp_and_stow(tmp_path: Path, fast_model_dir: Pa
         assert node.proc.poll() is None and node.echo()
     assert len(statuses) == len(dimse_cases) and all(s is not None for s in statuses.values()), \
         [n for n, s in statuses.items() if s is None]
-    assert stow_answered == len(stow_cases)
+    assert sum(stow_parts.values()) == len(stow_cases), "every STOW-RS part answered"
     by_status = collections.Counter(f"0x{s:04X}" for s in statuses.values() if s is not None)
     states = collections.Counter(j["state"] for j in jobs)
     assert set(states) <= {"done", "failed", "dead-letter"}, states
@@ -113,6 +116,6 @@ def test_fuzz_corpus_through_the_scp_and_stow(tmp_path: Path, fast_model_dir: Pa
     print(f"\nfuzz corpus: {len(dimse_cases)} C-STORE cases {dict(kinds(dimse_cases))}, "
           f"{len(stow_cases)} STOW-RS parts")
     print(f"C-STORE statuses: {dict(by_status)}; STOW-RS requests by HTTP status: {dict(http_statuses)}, "
-          f"{stow_answered} parts answered")
+          f"parts: {dict(stow_parts)}")
     print(f"instances recorded: {dict(outcomes)}; jobs: {dict(states)}")
     assert by_status.get("0x0000", 0) >= 10 and by_status.get("0xC212", 0) >= 10

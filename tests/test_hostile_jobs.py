@@ -371,3 +371,26 @@ steps = 900
     with run_node(tmp_path, cfg, model_dir=fast_model_dir, var_dir=var_dir, port=node.port) as again:
         (job,) = _wait_final(again, 1, 300)
         assert job["state"] == "done" and job["requeues"] == 0, job
+
+
+def test_an_overlong_instruction_in_an_instance_is_refused_with_a_reason(tmp_path, tiny_model_dir, chest_cr_path):
+    """A 100 kB instruction in the INSTRUCTX2X block (main parsed and stored it): the instance is recorded
+    as an invalid request naming the limit; nothing is edited."""
+    from dicom_node.config import load_settings
+    from dicom_node.context import build_context
+    from dicom_node.inbound.spool import Spool
+    from dicom_node.studies.intake import create_jobs_for_study
+    from dicom_node.studies.records import study_instances
+    from dicom_node.studies.requests import write_private_block
+
+    ctx = build_context(load_settings(paths={"var_dir": tmp_path / "var"}, model={"path": tiny_model_dir},
+                                      queue={"embedded_worker": False}))
+    ds = chest_copy(chest_cr_path, factor=8)
+    write_private_block(ds, "Add the finding of " + "pleural effusion and " * 5000 + "edema.")
+    Spool(ctx.settings.spool_dir).store(part10_bytes(ds), study_uid=ds.StudyInstanceUID,
+                                        series_uid=ds.SeriesInstanceUID, sop_uid=ds.SOPInstanceUID)
+    out = create_jobs_for_study(ctx, ds.StudyInstanceUID, called_ae="X2X")
+    assert out.created_jobs == [] and out.state == "invalid-request"
+    (row,) = study_instances(ctx.db, ds.StudyInstanceUID)
+    assert row.status == "invalid-request" and "requests.max_instruction_chars" in row.reason
+    assert len(row.reason) < 2000

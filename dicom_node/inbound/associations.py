@@ -49,6 +49,7 @@ DEFLATE_SYNTAXES = frozenset((
 ))
 
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
+MIN_PENDING_AGE_S = 0.5  # a pending connection younger than this is still a fair negotiation
 
 
 def preferred_syntaxes(proposed: list[str], supported: set[str]) -> list[str]:
@@ -133,16 +134,25 @@ class NegotiationWatchdog:
         self._thread.join(timeout=5)
 
     def track(self, assoc: Association, sock: socket.socket) -> None:
-        """A new connection (its association not yet started)."""
-        oldest: tuple[Association, socket.socket] | None = None
+        """A new connection (its association not yet started). Over the cap, the oldest pending one
+        makes room — unless even that one is younger than MIN_PENDING_AGE_S (a burst, not slow senders:
+        a real negotiation takes milliseconds), then the new one is dropped instead."""
+        dropped: tuple[Association, socket.socket, str] | None = None
+        now = time.monotonic()
         with self._lock:
             if len(self._pending) >= self.max_pending:
                 victim = min(self._pending, key=lambda a: self._pending[a][0])
-                oldest = (victim, self._pending.pop(victim)[1])
-            self._pending[assoc] = (time.monotonic(), sock)
-        if oldest is not None:
-            self._drop(*oldest, why=f"more than node.max_pending_associations={self.max_pending} "
-                                    "connections negotiating; dropped the oldest")
+                if now - self._pending[victim][0] >= MIN_PENDING_AGE_S:
+                    dropped = (victim, self._pending.pop(victim)[1], "dropped the oldest")
+                else:
+                    dropped = (assoc, sock, "dropped this new one")
+            if dropped is None or dropped[0] is not assoc:
+                self._pending[assoc] = (now, sock)
+        if dropped is not None:
+            victim, victim_sock, which = dropped
+            self._drop(victim, victim_sock,
+                       why=f"more than node.max_pending_associations={self.max_pending} connections "
+                           f"negotiating; {which}")
 
     def admitted(self, assoc: Association) -> None:
         """The gate let this association in: its permit is given back when it ends."""
