@@ -133,12 +133,13 @@ class NegotiationWatchdog:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def track(self, assoc: Association, sock: socket.socket) -> None:
+    def track(self, assoc: Association, sock: socket.socket, accepted_at: float | None = None) -> None:
         """A new connection (its association not yet started). Over the cap, the oldest pending one
         makes room — unless even that one is younger than MIN_PENDING_AGE_S (a burst, not slow senders:
         a real negotiation takes milliseconds), then the new one is dropped instead."""
         dropped: tuple[Association, socket.socket, str] | None = None
         now = time.monotonic()
+        started = min(now, accepted_at) if accepted_at is not None else now
         with self._lock:
             if len(self._pending) >= self.max_pending:
                 victim = min(self._pending, key=lambda a: self._pending[a][0])
@@ -147,7 +148,7 @@ class NegotiationWatchdog:
                 else:
                     dropped = (assoc, sock, "dropped this new one")
             if dropped is None or dropped[0] is not assoc:
-                self._pending[assoc] = (now, sock)
+                self._pending[assoc] = (started, sock)
         if dropped is not None:
             victim, victim_sock, which = dropped
             self._drop(victim, victim_sock,
@@ -221,11 +222,12 @@ class GuardedACSE(ACSE):
             watchdog.ended(self.assoc)
 
 
-def guard(assoc: Association, sock: socket.socket, watchdog: NegotiationWatchdog) -> Association:
+def guard(assoc: Association, sock: socket.socket, watchdog: NegotiationWatchdog,
+          accepted_at: float | None = None) -> Association:
     """Put a new acceptor association (not yet started) under the gate, the preference and the deadline."""
     acse = assoc.acse
     acse.__class__ = GuardedACSE
     assert isinstance(acse, GuardedACSE)
     acse.x2x_watchdog = watchdog
-    watchdog.track(assoc, sock)
+    watchdog.track(assoc, sock, accepted_at)
     return assoc

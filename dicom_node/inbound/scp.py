@@ -22,13 +22,10 @@ end) and one per rejection; never patient name or ID.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import mmap
 import os
-import socket
-import ssl
 import sys
 import threading
 import time
@@ -38,10 +35,9 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from dicom_node.config import NodeConfig, TLSConfig
-from dicom_node.inbound.associations import AssociationGate, NegotiationWatchdog, guard
+from dicom_node.config import NodeConfig
+from dicom_node.inbound.associations import AssociationGate, NegotiationWatchdog
 from dicom_node.inbound.bounds import LimitExceeded, Limits, check_encoded
 from dicom_node.inbound.encoding import HEAD_BYTES, UndecodableDataset, file_meta_bytes, peek_identifiers
 from dicom_node.inbound.events import (
@@ -55,8 +51,8 @@ from dicom_node.inbound.events import (
 )
 from dicom_node.inbound.http import uid_problem
 from dicom_node.inbound.spool import FileSlice, Spool, StoreStatus
-from dicom_node.inbound.streaming import SpillBuffer, stream_into_spill_buffers
-from dicom_node.inbound.tuning import adopt
+from dicom_node.inbound.streaming import SpillBuffer
+from dicom_node.inbound.transport import GuardedRequestHandler, PromptRequestHandler, Server, build_ssl_context
 
 log = logging.getLogger("x2x.receive")
 
@@ -71,23 +67,6 @@ SPILLED_HEAD_BYTES = 1024 * 1024
 ACCEPTED_TRANSFER_SYNTAXES = list(ALL_TRANSFER_SYNTAXES)
 
 
-def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
-    if not tls.enabled:
-        return None
-    if tls.cert_file is None or tls.key_file is None:
-        raise ValueError("node.tls.enabled needs node.tls.cert_file and node.tls.key_file")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.ca_file is not None:
-        ctx.load_verify_locations(cafile=str(tls.ca_file))
-    if tls.require_client_cert:
-        if tls.ca_file is None:
-            raise ValueError("node.tls.require_client_cert needs node.tls.ca_file")
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 @dataclass
 class _AssocStats:
     association_id: str
@@ -99,64 +78,6 @@ class _AssocStats:
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
-
-
-class _GuardedRequestHandler(RequestHandler):
-    """Every acceptor association: admission control (gate, deadline, transfer syntax preference) and
-    data sets streamed into SpillBuffers."""
-
-    server: _Server
-
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        scp = self.server.x2x_scp
-        stream_into_spill_buffers(assoc, scp.spool.root / ".incoming", scp.max_instance_bytes,
-                                  scp.config.maximum_pdu_size)
-        return guard(assoc, self.request, scp.watchdog)
-
-
-class _PromptRequestHandler(_GuardedRequestHandler):
-    def _create_association(self) -> Association:
-        return adopt(super()._create_association())
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, optionally sharing its port with sibling processes."""
-
-    reuse_port = False
-    daemon_threads = True
-    request_queue_size = 256  # listen backlog (socketserver's default of 5 drops bursts of connections)
-    x2x_scp: StorageSCP
-
-    handshake_timeout = 10.0
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        # Unlike pynetdicom, no TLS handshake here: a silent client would block every later connection.
-        # process_request_thread does it, on the connection's own thread, with a timeout.
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        # Small responses (C-STORE-RSP) must not wait for Nagle + the peer's delayed ACK.
-        with contextlib.suppress(OSError):
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None:
-            try:
-                request.settimeout(self.handshake_timeout)
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-                request.settimeout(None)
-            except (OSError, ValueError) as exc:
-                log.warning("TLS handshake with %s failed: %s", client_address, exc)
-                with contextlib.suppress(OSError):
-                    request.close()
-                return
-        super().process_request_thread(request, client_address)
-
-    def server_bind(self) -> None:
-        if self.reuse_port and self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 class StorageSCP:
@@ -173,7 +94,7 @@ class StorageSCP:
         self.min_free_bytes = config.spool_min_free_mb * 1024 * 1024
         self.gate = gate or AssociationGate(config.max_associations)
         self.watchdog = NegotiationWatchdog(self.gate, config.acse_timeout, config.max_pending_associations)
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._stats: dict[int, _AssocStats] = {}
         self._ids = itertools.count(1)
@@ -215,16 +136,17 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        _Server.reuse_port = self.reuse_port
-        _Server.handshake_timeout = min(self.config.acse_timeout, 10.0)
-        _Server.request_queue_size = self.config.listen_backlog
-        _Server.x2x_scp = self
-        server: _Server = self.ae.make_server(  # type: ignore[assignment]
+        Server.reuse_port = self.reuse_port
+        Server.handshake_timeout = min(self.config.acse_timeout, 10.0)
+        Server.request_queue_size = self.config.listen_backlog
+        Server.x2x_scp = self
+        Server.x2x_accepted_at = {}
+        server: Server = self.ae.make_server(  # type: ignore[assignment]
             (self.config.host, self.config.port),
             ssl_context=build_ssl_context(self.config.tls),
             evt_handlers=handlers,
-            server_class=_Server,
-            request_handler=_PromptRequestHandler if self.config.scp_tuning else _GuardedRequestHandler,
+            server_class=Server,
+            request_handler=PromptRequestHandler if self.config.scp_tuning else GuardedRequestHandler,
         )
         self._server = server
         self.watchdog.start()
