@@ -19,7 +19,7 @@ from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification  # type: ignore[attr-defined]
 
 from tests.support.chest_copies import chest_copy
-from tests.support.dicom_files import storescu
+from tests.support.dicom_files import store_statuses, storescu
 from tests.support.hostile import (
     REQUEST_ATTRIBUTES_SEQUENCE,
     node_rss_mb,
@@ -111,22 +111,34 @@ def test_transfer_syntax_preference_pynetdicom_proposals(tmp_path, tiny_model_di
 
 
 def test_transfer_syntax_preference_dcmtk_proposals(tmp_path, tiny_model_dir, chest_cr_path):
-    """dcmtk storescu proposes one presentation context per syntax (or all in one with +C). Whatever it
-    proposes beside a lossless syntax, neither JPEG Baseline (-xy) nor Deflate (-xd) is accepted: on
-    main each lossy/deflated context was accepted and +C got JPEG Baseline / Deflate."""
+    """dcmtk storescu: with +C one context carries every proposed syntax, and we choose: uncompressed,
+    never JPEG Baseline (-xy) or Deflate (-xd) (main chose those: JPEG Baseline, which storescu cannot
+    even produce from this 15-bit image). Without +C each syntax has its own context; each is decided
+    on its own, so every file travels in its own encoding, untranscoded (a JPEG Baseline file included)."""
+    from pydicom.data import get_testdata_file
+
     src = tmp_path / "cr.dcm"
     chest_copy(chest_cr_path, factor=8).save_as(src, enforce_file_format=True)
+    jpeg = tmp_path / "jpeg.dcm"
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(jpeg)
     with run_node(tmp_path, "", model_dir=tiny_model_dir, receiver_processes=1) as node:
-        for options in (["-xy"], ["-xy", "+C"], ["-xd"], ["-xd", "+C"], ["-xs"]):
+        for options in (["-xy", "+C"], ["-xd", "+C"]):
             r = storescu(node.port, src, extra=[*options, "-d"])
             log = r.stdout + r.stderr
             assert r.returncode == 0 and "0x0000: Success" in log, (options, log[-2000:])
             accepted = re.findall(r"Accepted Transfer Syntax: =(\S+)", log)
-            assert accepted, (options, log[-3000:])
-            assert not [ts for ts in accepted if "JPEGBaseline" in ts or "Deflated" in ts], (options, accepted)
-        spooled = node.spool_files()
-        assert {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-                for p in spooled} <= {EXPLICIT_LE, IMPLICIT_LE, "1.2.840.10008.1.2.2"}
+            assert accepted and not [ts for ts in accepted if "JPEGBaseline" in ts or "Deflated" in ts], \
+                (options, accepted)
+        for options in (["-xy"], ["-xd"]):
+            r = storescu(node.port, src, extra=options)
+            assert store_statuses(r) == ["Success"], (options, r.stdout[-2000:])
+        r = storescu(node.port, jpeg, extra=["-xy"])
+        assert store_statuses(r) == ["Success"], r.stdout[-2000:]
+        syntaxes = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                    for p in node.spool_files()}
+        assert syntaxes == {EXPLICIT_LE, JPEG_BASELINE}, syntaxes  # as each file was: nothing transcoded
 
 
 def test_slow_senders_are_dropped_and_echo_keeps_working(tmp_path, tiny_model_dir):

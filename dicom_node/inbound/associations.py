@@ -1,10 +1,13 @@
 """Association admission: which transfer syntax we accept, how many associations may exist, and how long
 a connection may take to negotiate one.
 
-- **Transfer syntax preference** (`preferred_syntaxes`): of what the sender proposes for an abstract
-  syntax, we accept its uncompressed or lossless syntaxes in the sender's own order; a lossy one only
-  when it proposes nothing lossless; Deflate only when it proposes nothing else. (pynetdicom picks the
-  first of *our* list that the sender proposed, so the order is set per association before it does.)
+- **Transfer syntax preference** (`preferred_syntaxes`): of what a presentation context proposes, we
+  accept its uncompressed or lossless syntaxes in the sender's own order; a lossy one only when the
+  context proposes nothing lossless; Deflate only when it proposes nothing else. (pynetdicom picks the
+  first of *our* list that the context proposes, so the order is set per association before it does.)
+  Each context is decided on its own: a sender that proposes one context per syntax (dcmtk's default)
+  gets each of them, and sends each file in its own encoding, untranscoded; refusing its lossy context
+  would only force it to decompress an already lossy file, or fail (dcmtk cannot decode JPEG 2000).
 - **A total association limit** (`AssociationGate`): `node.max_associations` established associations
   across every receiver process (a shared array, one slot per process, under a shared lock).
 - **A negotiation deadline and a cap on pending connections** (`NegotiationWatchdog`): a connection
@@ -53,18 +56,18 @@ MIN_PENDING_AGE_S = 0.5  # a pending connection younger than this is still a fai
 
 
 def preferred_syntaxes(proposed: list[str], supported: set[str]) -> list[str]:
-    """Of the sender's `proposed` syntaxes we support: the lossless ones in the sender's order; else the
-    lossy ones; else the deflated ones."""
+    """Our order for the syntaxes the sender proposed (and we support): its lossless ones in its own
+    order, then its lossy ones, then the deflated ones. pynetdicom accepts, for each proposed context,
+    the first of this list that the context contains."""
     ours = [ts for ts in dict.fromkeys(proposed) if ts in supported]
     lossless = [ts for ts in ours if ts in LOSSLESS_SYNTAXES]
-    if lossless:
-        return lossless
-    lossy = [ts for ts in ours if ts not in DEFLATE_SYNTAXES]
-    return lossy or ours
+    deflated = [ts for ts in ours if ts in DEFLATE_SYNTAXES]
+    lossy = [ts for ts in ours if ts not in LOSSLESS_SYNTAXES and ts not in DEFLATE_SYNTAXES]
+    return lossless + lossy + deflated
 
 
 def apply_preference(requested: list[Any], supported: list[Any]) -> None:
-    """Order (and restrict) each supported context's syntaxes for this association's proposal."""
+    """Order each supported context's syntaxes for this association's proposal (see the module doc)."""
     proposed: dict[str, list[str]] = {}
     for cx in requested:
         proposed.setdefault(str(cx.abstract_syntax), []).extend(str(ts) for ts in cx.transfer_syntax)
