@@ -60,7 +60,7 @@ class Unfollowable(ValueError):
 
 
 _STRUCTS = {
-    little: (struct.Struct(e + "HH"), struct.Struct(e + "I"), struct.Struct(e + "H"))
+    little: (struct.Struct(e + "HH"), struct.Struct(e + "I"), struct.Struct(e + "HH2sH"))
     for little, e in ((True, "<"), (False, ">"))
 }
 _ITEM_BYTES = {True: b"\xfe\xff\x00\xe0", False: b"\xff\xfe\xe0\x00"}
@@ -71,7 +71,7 @@ def walk(buf: Any, *, implicit: bool, little: bool, limits: Limits, start: int =
 
     The stack holds one frame per open container: [end offset or None (undefined length), holds
     items?, implicit VR?, opaque fragments?]. Written as one flat loop: it runs on every C-STORE."""
-    tags, u32, u16 = _STRUCTS[little]
+    tags, u32, explicit_header = _STRUCTS[little]
     item_bytes = _ITEM_BYTES[little]
     size = len(buf)
     max_elements, max_depth = limits.max_elements, limits.max_depth
@@ -92,7 +92,11 @@ def walk(buf: Any, *, implicit: bool, little: bool, limits: Limits, start: int =
             if len(stack) == 1 and size - pos < _TRAILING_SLACK:
                 break
             raise Unfollowable(f"data set ends inside an element header at offset {pos}")
-        group, elem = tags.unpack_from(buf, pos)
+        if frame_implicit or in_items:
+            group, elem = tags.unpack_from(buf, pos)
+            vr, short_length = None, 0
+        else:  # tag, VR and (for most VRs) the length in one unpack: this loop runs on every C-STORE
+            group, elem, vr, short_length = explicit_header.unpack_from(buf, pos)
         if group == 0xFFFE:
             (length,) = u32.unpack_from(buf, pos + 4)
             pos += 8
@@ -119,19 +123,15 @@ def walk(buf: Any, *, implicit: bool, little: bool, limits: Limits, start: int =
         if elements > max_elements:
             raise LimitExceeded(f"more than {max_elements} data elements (node.max_elements)")
         if frame_implicit:
-            vr = None
             (length,) = u32.unpack_from(buf, pos + 4)
             value = pos + 8
+        elif vr in _LONG_VRS:
+            (length,) = u32.unpack_from(buf, pos + 8)
+            value = pos + 12
+        elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:  # type: ignore[index]
+            length, value = short_length, pos + 8
         else:
-            vr = bytes(buf[pos + 4:pos + 6])
-            if vr in _LONG_VRS:
-                (length,) = u32.unpack_from(buf, pos + 8)
-                value = pos + 12
-            elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
-                (length,) = u16.unpack_from(buf, pos + 6)
-                value = pos + 8
-            else:
-                raise Unfollowable(f"bytes {vr!r} where a VR belongs at offset {pos}")
+            raise Unfollowable(f"bytes {vr!r} where a VR belongs at offset {pos}")
         if length == _UNDEFINED:
             if (group << 16 | elem) == _PIXEL_DATA and vr != b"SQ":
                 stack.append((None, True, frame_implicit, True))

@@ -242,8 +242,8 @@ class StorageSCP:
             return self._refuse(st, str(request.AffectedSOPInstanceUID), 0xC211, "cannot-understand",
                                 f"{type(exc).__name__}: {exc}"[:300])
         finally:
-            if isinstance(received, SpillBuffer):
-                received.release()
+            if isinstance(received, SpillBuffer) and received.spilled:
+                received.release()  # the temporary file now; an in-memory buffer goes with the message
 
     def _store(self, st: _AssocStats, request: Any, received: Any, transfer_syntax: str) -> int:
         affected = str(request.AffectedSOPInstanceUID or "")
