@@ -69,11 +69,39 @@ class NodeConfig(_Section):
     host: str = Field("0.0.0.0", description="address the SCP listens on")
     port: int = Field(11112, ge=1, le=65535, description="DICOM port")
     # pynetdicom's default of 10 rejects the 11th concurrent sender: keep headroom.
-    max_associations: int = Field(64, ge=1, description="concurrent associations accepted")
-    acse_timeout: float = Field(30.0, description="seconds for association negotiation")
+    max_associations: int = Field(
+        64, ge=1, description="concurrent associations accepted, in total across all receiver processes"
+    )
+    acse_timeout: float = Field(
+        30.0, gt=0, description="seconds from connect to an accepted association: a deadline for the whole "
+        "negotiation (a sender trickling its request is dropped), not a silence timer",
+    )
+    max_pending_associations: int = Field(
+        32, ge=1, description="connections still negotiating at once; one more drops the oldest of them, so "
+        "slow or silent connections cannot lock real senders out",
+    )
+    listen_backlog: int = Field(256, ge=1, description="connections the kernel queues before the SCP accepts them")
+    max_instance_mb: int = Field(
+        2048, ge=1, description="largest instance accepted (MB); larger ones are answered 0xA700 (C-STORE) "
+        "or FailureReason 0xA700 (STOW-RS) and never stored",
+    )
+    max_sequence_depth: int = Field(
+        32, ge=1, le=256, description="deepest sequence nesting accepted in a received data set; deeper ones "
+        "are refused (C-STORE 0xC212, STOW-RS FailureReason 0xC000)",
+    )
+    max_elements: int = Field(
+        200_000, ge=100, description="most data elements accepted in a received data set (nested ones included)"
+    )
+    spool_min_free_mb: int = Field(
+        256, ge=0, description="free space the spool keeps: below it instances are refused (0xA700) and "
+        "/readyz reports not ready",
+    )
     dimse_timeout: float = Field(60.0, description="seconds to wait for a DIMSE message")
     network_timeout: float = Field(60.0, description="seconds of network silence before aborting")
-    maximum_pdu_size: int = Field(0, ge=0, description="0 = unlimited")
+    maximum_pdu_size: int = Field(
+        1024 * 1024, ge=0, description="largest PDU we accept (bytes); 0 = unlimited, which lets a sender put "
+        "a whole instance into one PDU, held in memory while it arrives",
+    )
     allowed_calling_aes: list[str] = Field(default_factory=list, description="empty = accept any AE")
     study_quiet_seconds: float = Field(
         5.0, ge=0, description="a study is complete this long after its last instance (associations released)"
@@ -114,6 +142,12 @@ class DatabaseConfig(_Section):
     url: str | None = Field(
         None, description="SQLAlchemy URL of the job store; default sqlite:///<var_dir>/jobs.sqlite"
     )
+    busy_timeout_seconds: float = Field(
+        30.0, gt=0, description="SQLite: how long one statement waits for a lock held by another process"
+    )
+    lock_retry_seconds: float = Field(
+        120.0, ge=0, description="how long a job or study write keeps retrying while the database is locked"
+    )
 
 
 class QueueConfig(_Section):
@@ -141,6 +175,18 @@ class QueueConfig(_Section):
     delivery_queue_name: str = Field(
         "x2x-deliver", description="Celery queue of the delivery stage (encoded objects to their destinations)"
     )
+    max_requeues: int = Field(
+        1, ge=0, description="times a job whose worker died is put back on the queue; the next death "
+        "quarantines it (dead-letter, with the reason) so one poisonous job cannot kill worker after worker",
+    )
+    edit_isolation: Literal["process", "none"] = Field(
+        "process", description="process = each worker runs its edits in a child process under "
+        "edit_memory_limit_mb (a runaway edit fails its job, never the worker); none = in the worker itself",
+    )
+    edit_memory_limit_mb: int = Field(
+        0, ge=0, description="memory an edit's child process may use (RLIMIT_DATA, MB); 0 = half of this "
+        "machine's memory",
+    )
 
 
 class APIConfig(_Section):
@@ -148,7 +194,19 @@ class APIConfig(_Section):
     host: str = Field("127.0.0.1", description="API address (0.0.0.0 to serve beyond this machine)")
     port: int = Field(8000, ge=1, le=65535, description="API port")
     token: SecretStr | None = Field(
-        None, description="bearer token for mutating endpoints; unset = generated into <var_dir>/api-token"
+        None, description="bearer token for every endpoint but /healthz and /readyz; unset = generated into "
+        "<var_dir>/api-token",
+    )
+    read_token: SecretStr | None = Field(
+        None, description="optional second token that may only read (GET): for dashboards and Prometheus"
+    )
+    public_reads: bool = Field(
+        False, description="true = GET endpoints answer without a token (images and UIDs readable by anyone "
+        "who reaches the port)",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header values accepted (e.g. [\"x2x.hospital.org\"]); empty = "
+        "localhost, 127.0.0.1, ::1 and [api] host; \"*\" = any",
     )
 
 
@@ -221,6 +279,9 @@ class RequestsConfig(_Section):
     )
     default_instruction: str | None = Field(
         None, description="instruction for studies sent to the node's own AE title when nothing else applies"
+    )
+    max_instruction_chars: int = Field(
+        1000, ge=20, description="longest instruction accepted from an instance, a rule or the REST API"
     )
 
 
@@ -345,17 +406,19 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_data))
 
     # Derived locations -------------------------------------------------------------------
+    # Absolute, whatever the working directory was: these paths are stored (jobs, study instances) and
+    # must mean the same file to a node restarted elsewhere, to `x2x` commands and to workers.
     @property
     def var_dir(self) -> Path:
-        return self.paths.var_dir
+        return self.paths.var_dir.absolute()
 
     @property
     def spool_dir(self) -> Path:
-        return self.paths.spool()
+        return self.paths.spool().absolute()
 
     @property
     def results_dir(self) -> Path:
-        return self.paths.results()
+        return self.paths.results().absolute()
 
     @property
     def database_url(self) -> str:

@@ -88,5 +88,6 @@ class NodeContext:
 
 def build_context(settings: Settings) -> NodeContext:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, busy_timeout_s=settings.database.busy_timeout_seconds,
+                  lock_retry_s=settings.database.lock_retry_seconds)
     return NodeContext(settings=settings, db=db, store=JobStore(db))

@@ -67,7 +67,7 @@ class NodeService:
         if self.start_api:
             from dicom_node.api.server import ApiServer  # fastapi + uvicorn only when the API runs
 
-            self.api = ApiServer(self.ctx, sink=self.tracker.handle).start()
+            self.api = ApiServer(self.ctx, sink=self.tracker.handle, retrying_studies=self.tracker.retrying).start()
         host, port = self.address
         log.info(
             "DICOM SCP listening on %s:%d as AE %r (%d receiver process%s, TLS %s, calling-AE allow-list "

@@ -36,13 +36,28 @@ def ctx(tmp_path: Path, tiny_model_dir: Path):
     return build_context(settings)
 
 
-@pytest.fixture
-def client(ctx):
-    return TestClient(create_app(ctx))
+BASE_URL = "http://localhost"  # a Host the API answers (api.allowed_hosts' default: this machine's names)
 
 
 def _token(ctx) -> str:
     return (ctx.settings.var_dir / "api-token").read_text().strip()
+
+
+@pytest.fixture
+def app(ctx):
+    return create_app(ctx)
+
+
+@pytest.fixture
+def client(ctx, app):
+    """A client that reads with the API token (every request carries it unless it passes its own)."""
+    return TestClient(app, base_url=BASE_URL, headers={"Authorization": f"Bearer {_token(ctx)}"})
+
+
+@pytest.fixture
+def anon(app):
+    """A client without any token."""
+    return TestClient(app, base_url=BASE_URL)
 
 
 def _part10(ds: pydicom.Dataset) -> bytes:
@@ -76,22 +91,22 @@ def test_generated_token_file_is_private_and_never_logged(ctx, caplog: pytest.Lo
 
 
 def test_mutating_endpoints_need_the_token_and_change_nothing_without_it(
-    ctx, client: TestClient, chest_cr_path: Path
+    ctx, client: TestClient, anon: TestClient, chest_cr_path: Path
 ) -> None:
     raw = _part10(chest_copy(chest_cr_path))
     files = {"file": ("cr.dcm", raw, "application/dicom")}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {_token(ctx)}"}):
-        r = client.post("/jobs", files=files, data={"instruction": INSTRUCTION}, headers=headers)
+        r = anon.post("/jobs", files=files, data={"instruction": INSTRUCTION}, headers=headers)
         assert r.status_code == 401, r.text
         assert r.headers["www-authenticate"] == "Bearer"
     body, content_type = _multipart_related([("application/dicom", raw)])
-    assert client.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type}).status_code == 401
+    assert anon.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type}).status_code == 401
     assert client.get("/jobs").json()["jobs"] == []
     assert not list(ctx.settings.spool_dir.rglob("*.dcm")), "a refused request must not store anything"
-    # read-only endpoints stay open
-    assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.delete("/jobs/1").status_code == 401
-    assert client.post("/jobs/1/retry").status_code == 401
+    # only the health probes stay open (reads: tests/test_hostile_api.py)
+    assert anon.get("/healthz").json() == {"status": "ok"}
+    assert anon.delete("/jobs/1").status_code == 401
+    assert anon.post("/jobs/1/retry").status_code == 401
 
 
 def test_job_lifecycle_upload_show_cancel_retry(ctx, client: TestClient, chest_cr_path: Path) -> None:
@@ -212,7 +227,7 @@ def test_readyz_reports_each_dependency_and_fails_on_unwritable_spool(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     ok = build_context(load_settings(paths={"var_dir": tmp_path / "ok"}, model={"path": tiny_model_dir}))
-    r = TestClient(create_app(ok)).get("/readyz")
+    r = TestClient(create_app(ok), base_url=BASE_URL).get("/readyz")
     assert r.status_code == 200, r.text
     assert set(r.json()["checks"]) == {"spool", "database", "broker", "model"}
     # Tests run as root, for whom permission bits do not stop writes: make the spool path a regular
@@ -221,7 +236,7 @@ def test_readyz_reports_each_dependency_and_fails_on_unwritable_spool(
     blocked.write_text("x")
     bad = build_context(load_settings(paths={"var_dir": tmp_path / "bad", "spool_dir": blocked},
                                       model={"path": tmp_path / "no-such-model"}))
-    r = TestClient(create_app(bad)).get("/readyz")
+    r = TestClient(create_app(bad), base_url=BASE_URL).get("/readyz")
     assert r.status_code == 503
     checks = r.json()["checks"]
     assert checks["spool"]["ok"] is False and "not writable" in checks["spool"]["detail"]

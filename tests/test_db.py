@@ -3,6 +3,7 @@ before migrations existed, concurrently; a database newer than the code is refus
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -72,11 +73,67 @@ def test_a_newer_database_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SchemaTooNew, match="9999_from_the_future.*upgrade x2x"):
         Database(url)
     # the CLI says it in one line, naming the database, without a traceback
-    r = subprocess.run([X2X, "jobs", "list"], capture_output=True, text=True, timeout=120,
-                       env={"X2X_PATHS__VAR_DIR": str(path.parent), "PATH": "/usr/bin:/bin"})
+    r = _x2x_jobs_list(path.parent)
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "upgrade x2x" in lines[0], r.stderr
+
+
+def _x2x_jobs_list(var_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "HOME")}  # this checkout's code
+    return subprocess.run([X2X, "jobs", "list"], capture_output=True, text=True, timeout=120,
+                          env={"X2X_PATHS__VAR_DIR": str(var_dir), "PATH": "/usr/bin:/bin", **keep, **env})
+
+
+def _damage_pages(path: Path, pages: range) -> None:
+    with open(path, "r+b") as fh:
+        for page in pages:
+            fh.seek(4096 * page)
+            fh.write(b"\xde\xad\xbe\xef" * 30)
+
+
+def test_a_corrupt_damaged_or_locked_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    """main printed a 145-line traceback that never named the file, and a damaged database that still
+    opened started and then failed row by row."""
+    garbage = tmp_path / "garbage" / "jobs.sqlite"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"this is not an SQLite database" * 200)
+
+    damaged = tmp_path / "damaged" / "jobs.sqlite"
+    damaged.parent.mkdir()
+    db = Database(f"sqlite:///{damaged}")
+    with db.session() as s:
+        for i in range(300):
+            s.execute(text("INSERT INTO study_instances (path, study_instance_uid, status, updated_at) VALUES "
+                           "(:p, '1.2', 'job', '2026-01-01')"), {"p": f"/spool/{i:05d}/" + "x" * 200})
+    db.engine.dispose()
+    con = sqlite3.connect(damaged)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    _damage_pages(damaged, range(20, 50, 3))
+    con = sqlite3.connect(damaged)
+    assert con.execute("SELECT count(*) FROM jobs").fetchone() == (0,), "it still opens: the dangerous kind"
+    con.close()
+
+    locked = tmp_path / "locked" / "jobs.sqlite"
+    locked.parent.mkdir()
+    holder = sqlite3.connect(locked, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")  # a rollback-journal database: nobody else may even read
+    try:
+        results = {
+            "garbage": (_x2x_jobs_list(garbage.parent), garbage, "move it away"),
+            "damaged": (_x2x_jobs_list(damaged.parent), damaged, "restore it from a backup"),
+            "locked": (_x2x_jobs_list(locked.parent, X2X_DATABASE__BUSY_TIMEOUT_SECONDS="1"), locked,
+                       "stop the other x2x"),
+        }
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for what, (r, path, advice) in results.items():
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (what, r.returncode, r.stderr[-2000:])
+        assert str(path) in lines[0] and advice in lines[0], (what, lines[0])
 
 
 _OPEN_AT_ONCE = """

@@ -59,6 +59,7 @@ def test_a_cancel_landing_right_after_the_pipeline_looks_leaves_the_job_cancelle
         paths={"var_dir": str(tmp_path / "var")}, model={"path": str(tiny_model_dir), "device": "cpu"},
         edit={"steps": 2, "resolution": 256},
         destinations={"share": {"type": "folder", "path": str(share)}}, send={"default_destination": "share"},
+        queue={"edit_isolation": "none"},  # the edit in this process, so that the test can wrap it
     ))
     source = tmp_path / "source.dcm"
     shutil.copy(chest_cr_path, source)

@@ -55,12 +55,14 @@ def storescu(port: int, files: list[Path], called_ae: str = "X2X") -> None:
     assert r.returncode == 0, r.stderr.decode()[-2000:]
 
 
-def api(node: NodeProcess) -> httpx.Client:
-    return httpx.Client(base_url=f"http://127.0.0.1:{node.api_port}", timeout=30)
-
-
 def token(node: NodeProcess) -> str:
     return (node.var_dir / "api-token").read_text().strip()
+
+
+def api(node: NodeProcess) -> httpx.Client:
+    """A client of the node's API that reads with its token (every read needs one)."""
+    return httpx.Client(base_url=f"http://127.0.0.1:{node.api_port}", timeout=30,
+                        headers={"Authorization": f"Bearer {token(node)}"})
 
 
 def wait_all_done(node: NodeProcess, n: int, timeout: float) -> list[dict]:
@@ -146,8 +148,9 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
         assert metric(after, "x2x_studies_completed_total") - metric(before, "x2x_studies_completed_total") >= 11
         assert metric(after, "x2x_queue_depth") == 0
 
-        # dashboard in headless Chromium: rows in the DOM, a screenshot
-        url = f"http://127.0.0.1:{node.api_port}/"
+        # dashboard in headless Chromium: rows in the DOM, a screenshot (the token link sets the read-only
+        # cookie and redirects to the page; its script and previews then read with that cookie)
+        url = f"http://127.0.0.1:{node.api_port}/?token={token(node)}"
         dom = chromium(tmp_path, url, "--dump-dom").stdout.decode()
         rows = re.findall(r'<tr class="job" data-job-id="(\d+)" data-state="(\w[\w-]*)"', dom)
         assert len(rows) == 11 and {state for _, state in rows} == {"done"}

@@ -206,7 +206,9 @@ def test_disk_full_answers_out_of_resources_without_partial_files(tmp_path, scp_
     if r.returncode != 0:
         pytest.skip("cannot mount a tmpfs here; tests/test_spool.py covers ENOSPC with a failing writer")
     try:
-        with run_node(tmp_path, "", {"X2X_PATHS__SPOOL_DIR": str(mnt)}, model_dir=tiny_model_dir) as node:
+        # no free-space reserve here: what is tested is a write that fails half way (ENOSPC)
+        env = {"X2X_PATHS__SPOOL_DIR": str(mnt), "X2X_NODE__SPOOL_MIN_FREE_MB": "0"}
+        with run_node(tmp_path, "", env, model_dir=tiny_model_dir) as node:
             assert _pynetdicom_store(node.port, chest_cr_path) == 0xA700  # 7 MB into 1 MB
             assert [p for p in mnt.rglob("*") if p.is_file() and p.suffix in (".dcm", ".part")] == []
             small = Path(pydicom_data_dir) / "emri_small.dcm"  # ~10 kB still fits

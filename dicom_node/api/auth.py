@@ -1,7 +1,18 @@
-"""Bearer token for the mutating endpoints: from the config, else generated once and kept in a 0600 file."""
+"""Who may use the API.
+
+- Mutations (POST, DELETE) need `Authorization: Bearer <api token>`: the configured `[api] token`, else
+  one generated once into `<var_dir>/api-token` (0600; the token itself is never logged).
+- Reads (every GET but /healthz and /readyz, which orchestrators probe) need the same token, or the
+  optional read-only `[api] read_token`, or the dashboard's cookie; `[api] public_reads = true` opens
+  them. Previews are images of patients, and /jobs and /studies carry UIDs and instructions.
+- The dashboard cookie is set by `POST /login` (the dashboard's form) or `GET /?token=...`: an HMAC of
+  the token (HttpOnly, SameSite=Strict) that grants reads only, so a leaked cookie cannot mutate.
+- Tokens are compared as UTF-8 bytes in constant time: any header a client sends gives 401, never 500.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -15,6 +26,7 @@ from dicom_node.config import Settings
 log = logging.getLogger("x2x.api.auth")
 
 TOKEN_FILE = "api-token"
+COOKIE = "x2x_read"
 
 
 def token_file(settings: Settings) -> Path:
@@ -43,14 +55,56 @@ def resolve_token(settings: Settings) -> str:
     return token
 
 
+def read_tokens(settings: Settings, api_token: str) -> list[str]:
+    extra = settings.api.read_token.get_secret_value() if settings.api.read_token is not None else ""
+    return [api_token] + ([extra] if extra else [])
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def cookie_value(token: str) -> str:
+    """What the dashboard cookie holds for `token` (not the token: it cannot be used as a bearer)."""
+    return hmac.new(token.encode("utf-8"), b"x2x dashboard read access", hashlib.sha256).hexdigest()
+
+
+def _unauthorised(what: str) -> HTTPException:
+    return HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail=what,
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
 def require_token(request: Request) -> None:
-    """FastAPI dependency: 401 unless `Authorization: Bearer <token>` matches (constant-time compare)."""
-    expected: str = request.app.state.api_token
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given.strip(), expected):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """FastAPI dependency for mutations: 401 unless `Authorization: Bearer <api token>` matches."""
+    given = _bearer(request)
+    if given is None or not _same(given, request.app.state.api_token):
+        raise _unauthorised("missing or wrong bearer token")
+
+
+def can_read(request: Request) -> bool:
+    """The API token or the read token as a bearer, or a valid dashboard cookie (or public reads)."""
+    if request.app.state.public_reads:
+        return True
+    tokens: list[str] = request.app.state.read_tokens
+    given = _bearer(request)
+    if given is not None:
+        return any(_same(given, t) for t in tokens)
+    cookie = request.cookies.get(COOKIE)
+    return cookie is not None and any(_same(cookie, cookie_value(t)) for t in tokens)
+
+
+def require_reader(request: Request) -> None:
+    """FastAPI dependency for reads."""
+    if not can_read(request):
+        raise _unauthorised("reading needs the API token (or [api] read_token) as a bearer, or the dashboard "
+                            "cookie (log in at /)")
+
+
+def matching_token(request: Request, given: str) -> str | None:
+    """The read-capable token `given` equals, if any (the dashboard login)."""
+    return next((t for t in request.app.state.read_tokens if _same(given, t)), None)

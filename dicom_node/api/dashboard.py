@@ -3,7 +3,10 @@
 Two tables: jobs (with previews) and studies — what arrived, the request error if its instruction was
 refused, and why instances were not edited (lateral, CT, no request, ...), which no job shows.
 Rows are rendered on the server so the page is complete without JavaScript; a small script then
-refreshes the jobs from `GET /jobs` and the studies from `/dashboard/studies` every few seconds.
+refreshes the jobs from `GET /jobs` and the studies from `/dashboard/studies` every few seconds. The page
+shows patients' images, so it needs read access like every other read (api/auth.py): without it, a form
+asks for the token and `POST /login` (or `GET /?token=...`, for links and kiosks) sets the read-only
+cookie and comes back here.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import html
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from dicom_node.api.auth import COOKIE, can_read, cookie_value, matching_token, require_reader
 from dicom_node.api.deps import get_ctx
 from dicom_node.api.views import job_view
 from dicom_node.context import NodeContext
@@ -157,13 +161,52 @@ def render_dashboard(ctx: NodeContext, limit: int = 50) -> str:
 </body></html>"""
 
 
+_LOGIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>InstructX2X node — sign in</title>
+<style>{style}</style></head><body>
+<h1>InstructX2X DICOM node</h1>
+<div class="sub">The dashboard shows patients' images: enter the node's API token (or its read-only token).
+It is in <code>&lt;var_dir&gt;/api-token</code> unless <code>[api] token</code> is set.</div>
+{error}<form method="post" action="/login"><input type="password" name="token" autocomplete="current-password"
+ size="50" autofocus> <button type="submit">Open the dashboard</button></form>
+</body></html>"""
+
+
+def _login_page(error: str = "") -> HTMLResponse:
+    note = f'<div class="banner">{html.escape(error)}</div>' if error else ""
+    return HTMLResponse(_LOGIN.format(style=_STYLE, error=note), status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+def _with_cookie(target: str, token: str, request: Request) -> Response:
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+    return response
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 @router.get("/dashboard", response_class=HTMLResponse, tags=["dashboard"])
-def dashboard(ctx: NodeContext = Depends(get_ctx)) -> HTMLResponse:
+def dashboard(request: Request, ctx: NodeContext = Depends(get_ctx)) -> Response:
+    given = request.query_params.get("token")
+    if given is not None:  # a link with the token: set the cookie, and drop the token from the address
+        token = matching_token(request, given)
+        if token is None:
+            return _login_page("That token is not this node's.")
+        return _with_cookie(request.url.path, token, request)
+    if not can_read(request):
+        return _login_page()
     return HTMLResponse(render_dashboard(ctx))
 
 
-@router.get("/dashboard/studies", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/dashboard/studies", response_class=HTMLResponse, include_in_schema=False,
+            dependencies=[Depends(require_reader)])
 def dashboard_studies(ctx: NodeContext = Depends(get_ctx)) -> HTMLResponse:
     """The studies table's rows (the page's script refreshes them)."""
     return HTMLResponse(render_study_rows(ctx))
+@router.post("/login", include_in_schema=False)
+def login(request: Request, token: str = Form("")) -> Response:
+    matched = matching_token(request, token.strip())
+    if matched is None:
+        return _login_page("That token is not this node's.")
+    return _with_cookie("/", matched, request)

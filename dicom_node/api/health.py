@@ -1,5 +1,6 @@
-"""`/healthz` (the process answers) and `/readyz` (spool writable, database reachable, broker reachable,
-model loadable or loaded)."""
+"""`/healthz` (the process answers) and `/readyz` (spool writable with node.spool_min_free_mb free,
+database reachable, broker reachable, model loadable or loaded). Both answer without a token: they say
+nothing about patients, and orchestrators probe them."""
 
 from __future__ import annotations
 
@@ -31,9 +32,16 @@ def _check_spool(ctx: NodeContext) -> dict[str, Any]:
         finally:
             os.close(fd)
         probe.unlink()
-        return {"ok": True, "detail": str(spool)}
+        st = os.statvfs(spool)
     except OSError as exc:
         return {"ok": False, "detail": f"spool {spool} not writable: {exc.strerror or exc}"}
+    # what the SCP keeps free (it refuses instances below it): below it the node cannot store one
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    keep = ctx.settings.node.spool_min_free_mb
+    if free_mb < keep:
+        return {"ok": False, "detail": f"spool {spool} has {free_mb:.0f} MB free, below node.spool_min_free_mb="
+                                       f"{keep}: instances are refused"}
+    return {"ok": True, "detail": f"{spool} ({free_mb:.0f} MB free)"}
 
 
 def _check_db(ctx: NodeContext) -> dict[str, Any]:

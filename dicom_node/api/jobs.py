@@ -1,26 +1,27 @@
 """`/jobs`: list and show jobs, ask for edits (of a spooled study, or of uploaded files), retry, cancel,
-previews. Mutating routes need the bearer token."""
+previews. Mutating routes need the bearer token, reads the token or the read token (api/auth.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import pydicom
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from dicom_node.api.auth import require_token
+from dicom_node.api.auth import require_reader, require_token
 from dicom_node.api.deps import get_ctx
 from dicom_node.api.views import PREVIEW_KINDS, JobRequest, job_view
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import Job
 from dicom_node.edit_params import InvalidEditParams, resolve_params
+from dicom_node.inbound.bounds import Limits
 from dicom_node.inbound.events import API
-from dicom_node.inbound.http import new_association_id, spool_instance
+from dicom_node.inbound.http import Refused, identify_part10, new_association_id, spool_instance
 from dicom_node.inbound.spool import Spool
 from dicom_node.jobs.admin import JobActionError, cancel_job, retry_delivery, retry_job
 from dicom_node.jobs.deliveries import deliveries
@@ -30,6 +31,9 @@ from dicom_node.studies.records import StudyOutcome
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+# A job id is a 64-bit integer in every database we use: larger is a 422, not a database error.
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="job id")]
+
 
 def _job_or_404(ctx: NodeContext, job_id: int) -> Job:
     job = ctx.store.get(job_id)
@@ -38,7 +42,7 @@ def _job_or_404(ctx: NodeContext, job_id: int) -> Job:
     return job
 
 
-@router.get("")
+@router.get("", dependencies=[Depends(require_reader)])
 def list_jobs(
     state: list[str] | None = Query(None, description="one or more states"),
     study: str | None = Query(None, description="Study Instance UID"),
@@ -53,13 +57,17 @@ def list_jobs(
     return {"jobs": [job_view(j) for j in jobs], "counts": ctx.store.count_by_state()}
 
 
-@router.get("/{job_id}")
-def show_job(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+@router.get("/{job_id}", dependencies=[Depends(require_reader)])
+def show_job(job_id: JobId, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
     """The job, with one delivery record per destination that asked for it."""
     return job_view(_job_or_404(ctx, job_id), deliveries(ctx, job_id))
 
 
 def _explicit(ctx: NodeContext, req: JobRequest) -> ExplicitRequest:
+    longest = ctx.settings.requests.max_instruction_chars
+    if len(req.instruction) > longest:
+        raise HTTPException(422, f"instruction of {len(req.instruction)} characters; at most {longest} "
+                                 "(requests.max_instruction_chars)")
     if req.destination is not None and req.destination not in ctx.settings.destinations:
         raise HTTPException(422, f"destination {req.destination!r} is not defined in [destinations]")
     overrides = req.param_overrides()
@@ -115,13 +123,19 @@ def submit_for_study(ctx: NodeContext, req: JobRequest) -> dict[str, Any]:
 def submit_upload(ctx: NodeContext, uploads: list[bytes], req: JobRequest) -> dict[str, Any]:
     """DICOM files in the request: checked, spooled, then jobs for their studies with this request."""
     explicit = _explicit(ctx, req)
+    # the SCP's checks first (bounds, UIDs), so that only a bounded data set reaches pydicom
+    limits, cap = Limits.from_node(ctx.settings.node), ctx.settings.node.max_instance_mb * 1024 * 1024
     parsed = []
     for index, raw in enumerate(uploads):
         try:
-            ds = pydicom.dcmread(io.BytesIO(raw))
-            parsed.append((raw, ds, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
-        except Exception as exc:
+            found = identify_part10(raw, limits, cap)
+            ds = pydicom.dcmread(io.BytesIO(raw), defer_size=1024, stop_before_pixels=True)
+        except Refused as exc:
+            raise HTTPException(413 if exc.failure_reason == 0xA700 else 422,
+                                f"file part {index} refused: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - bounded but still unreadable
             raise HTTPException(422, f"file part {index} is not a DICOM Part 10 object ({type(exc).__name__})") from exc
+        parsed.append((raw, ds, found.study_uid, found.series_uid, found.sop_uid))
     _refuse_if_needed(ctx, explicit, [item[1] for item in parsed])
     spool = Spool(ctx.settings.spool_dir)
     studies: set[str] = set()
@@ -146,9 +160,16 @@ async def submit_job(request: Request, ctx: NodeContext = Depends(get_ctx)) -> d
     `file` parts plus `instruction` (and optional `seed`, `steps`, `params` (JSON), `destination`) fields."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
+        cap = ctx.settings.node.max_instance_mb * 1024 * 1024
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise HTTPException(413, f"upload larger than node.max_instance_mb={ctx.settings.node.max_instance_mb}")
         form = await request.form()
         fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-        uploads = [await f.read() for f in form.getlist("file") if not isinstance(f, str)]
+        files = [f for f in form.getlist("file") if not isinstance(f, str)]
+        if sum(f.size or 0 for f in files) > cap:
+            raise HTTPException(413, f"upload larger than node.max_instance_mb={ctx.settings.node.max_instance_mb}")
+        uploads = [await f.read() for f in files]
         if not uploads:
             raise HTTPException(422, "multipart upload needs at least one 'file' part")
         try:
@@ -167,7 +188,7 @@ async def submit_job(request: Request, ctx: NodeContext = Depends(get_ctx)) -> d
 
 @router.post("/{job_id}/retry", dependencies=[Depends(require_token)])
 def retry(
-    job_id: int, ctx: NodeContext = Depends(get_ctx),
+    job_id: JobId, ctx: NodeContext = Depends(get_ctx),
     destination: str | None = Query(None, description="retry only the delivery to this destination"),
 ) -> dict[str, Any]:
     _job_or_404(ctx, job_id)
@@ -179,7 +200,7 @@ def retry(
 
 
 @router.delete("/{job_id}", dependencies=[Depends(require_token)])
-def cancel(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
+def cancel(job_id: JobId, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
     _job_or_404(ctx, job_id)
     try:
         return job_view(cancel_job(ctx, job_id))
@@ -187,8 +208,8 @@ def cancel(job_id: int, ctx: NodeContext = Depends(get_ctx)) -> dict[str, Any]:
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.get("/{job_id}/previews/{kind}.png", response_class=FileResponse)
-def preview(job_id: int, kind: str, ctx: NodeContext = Depends(get_ctx)) -> FileResponse:
+@router.get("/{job_id}/previews/{kind}.png", response_class=FileResponse, dependencies=[Depends(require_reader)])
+def preview(job_id: JobId, kind: str, ctx: NodeContext = Depends(get_ctx)) -> FileResponse:
     """PNG previews written by the pipeline (counterfactual and overlay are SYNTHETIC)."""
     if kind not in PREVIEW_KINDS:
         raise HTTPException(404, f"no preview kind {kind!r}")

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 
 import dicom_node.metrics  # noqa: F401  (the process counters register on the default registry)
+from dicom_node.api.auth import require_reader
 from dicom_node.api.deps import get_ctx
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import Job
@@ -75,6 +76,6 @@ def render_metrics(ctx: NodeContext) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(local)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
 def metrics(ctx: NodeContext = Depends(get_ctx)) -> Response:
     return Response(render_metrics(ctx), media_type=CONTENT_TYPE_LATEST)

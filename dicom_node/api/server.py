@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 
@@ -16,9 +18,10 @@ log = logging.getLogger("x2x.api.server")
 
 
 class ApiServer:
-    def __init__(self, ctx: NodeContext, *, sink: EventSink | None = None):
+    def __init__(self, ctx: NodeContext, *, sink: EventSink | None = None,
+                 retrying_studies: Callable[[], dict[str, dict[str, Any]]] | None = None):
         s = ctx.settings.api
-        self.app = create_app(ctx, sink=sink)
+        self.app = create_app(ctx, sink=sink, retrying_studies=retrying_studies)
         config = uvicorn.Config(
             self.app, host=s.host, port=s.port, log_config=None,  # keep the node's logging (JSON option)
             access_log=False, lifespan="off", timeout_graceful_shutdown=10,

@@ -81,9 +81,9 @@ def node_context(s: Settings | None = None) -> NodeContext:
     """The node's context (database opened and migrated); a database this x2x cannot use exits with
     code 2 and one line saying which database and what to do."""
     from dicom_node.context import build_context
-    from dicom_node.db.migrate import SchemaTooNew
+    from dicom_node.db.migrate import DatabaseUnusable
 
     try:
         return build_context(s if s is not None else settings())
-    except SchemaTooNew as exc:  # its message says what to do
+    except DatabaseUnusable as exc:  # damaged, locked, unopenable or too new: its message says what to do
         fail("", str(exc), None, code=2, cause=exc)

@@ -84,7 +84,7 @@ def run(app: Any) -> None:
             raise
         # The project's own errors read as sentences; anything else is named, as Python would.
         own = {"ModelLoadError", "InstructionError", "UnsupportedImageError", "InvalidEditParams", "ConfigError",
-               "SchemaTooNew"}
+               "SchemaTooNew", "DatabaseUnusable"}
         name = type(exc).__name__
         message = str(exc) if name in own and str(exc) else f"{name}: {exc}"
         typer.echo(line("", message, hint_for(exc)), err=True)

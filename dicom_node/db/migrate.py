@@ -36,7 +36,11 @@ _done: set[tuple[str, int]] = set()
 _done_lock = threading.Lock()
 
 
-class SchemaTooNew(RuntimeError):
+class DatabaseUnusable(RuntimeError):
+    """The database cannot be used by this x2x; the message is one line naming it and what to do."""
+
+
+class SchemaTooNew(DatabaseUnusable):
     """The database was migrated by a newer x2x than this one."""
 
 
@@ -126,4 +130,5 @@ def forget_migrated() -> None:
         _done.clear()
 
 
-__all__ = ["SchemaTooNew", "current_revision", "forget_migrated", "head_revision", "upgrade_to_head"]
+__all__ = ["DatabaseUnusable", "SchemaTooNew", "current_revision", "forget_migrated", "head_revision",
+           "upgrade_to_head"]

@@ -53,6 +53,8 @@ class Job(Base):
     origin: Mapped[str] = mapped_column(String(20), default="dimse")  # dimse | stow | api
     state: Mapped[str] = mapped_column(String(20), default="received", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # times the job went back to the queue because its worker died; past queue.max_requeues: quarantined
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     output_uids: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # kind -> {series, sop}

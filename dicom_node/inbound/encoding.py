@@ -11,6 +11,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 HEAD_BYTES = 64 * 1024
+MAX_INFLATED_HEAD = 4 * 1024 * 1024  # the UIDs sit at the start: never inflate a whole (maybe bomb) data set
 _STUDY_UID_TAG = 0x0020000D
 _SERIES_UID_TAG = 0x0020000E
 _SOP_UID_TAG = 0x00080018
@@ -26,7 +27,7 @@ def peek_identifiers(dataset_bytes: bytes, transfer_syntax: str) -> tuple[str, s
     data = dataset_bytes
     if ts == DeflatedExplicitVRLittleEndian:
         try:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes)
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes, MAX_INFLATED_HEAD)
         except zlib.error as exc:
             raise UndecodableDataset(f"deflated data set does not inflate: {exc}") from exc
     try:
@@ -40,7 +41,10 @@ def peek_identifiers(dataset_bytes: bytes, transfer_syntax: str) -> tuple[str, s
         found = {}
         for tag in (_STUDY_UID_TAG, _SERIES_UID_TAG, _SOP_UID_TAG):
             elem = ds.get(tag)
-            found[tag] = str(elem.value).strip().rstrip("\0") if elem is not None and elem.value else ""
+            value = elem.value if elem is not None else None
+            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+                value = "\\".join(str(v) for v in value)  # several values: kept as sent, refused later
+            found[tag] = str(value).strip().rstrip("\0") if value else ""
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
         raise UndecodableDataset(f"cannot parse data set header: {type(exc).__name__}: {exc}") from exc
     missing = [name for name, tag in (("StudyInstanceUID", _STUDY_UID_TAG),

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from dicom_node.config import NodeConfig
+from dicom_node.inbound.associations import AssociationGate
 from dicom_node.inbound.events import EventSink
 from dicom_node.inbound.scp import StorageSCP
 from dicom_node.inbound.spool import Spool
@@ -22,7 +23,7 @@ log = logging.getLogger("x2x.receive")
 
 
 def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, json_logs: bool,
-                called_aes: list[str] | None = None) -> None:
+                counts: Any, gate_lock: Any, slot: int, called_aes: list[str] | None = None) -> None:
     from pathlib import Path
 
     from dicom_node.logs import setup_logging
@@ -32,8 +33,9 @@ def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    gate = AssociationGate(config.max_associations, counts, gate_lock, slot)
     scp = StorageSCP(config, Spool(Path(spool_root), fsync=config.spool_fsync), events.put, reuse_port=True,
-                     called_aes=called_aes)
+                     called_aes=called_aes, gate=gate)
     scp.start()
     events.put(("ready", os.getpid()))
     parent = os.getppid()
@@ -44,7 +46,10 @@ def _child_main(config_json: str, spool_root: str, events: Any, log_level: str, 
 
 
 class ReceiverPool:
-    """N receiver processes on one port (SO_REUSEPORT), forwarding events to `sink` in this process."""
+    """N receiver processes on one port (SO_REUSEPORT), forwarding events to `sink` in this process.
+
+    They share one association count (an array with a slot per process, see AssociationGate), so
+    `node.max_associations` is the node's total, however many receivers run."""
 
     def __init__(self, config: NodeConfig, spool_root: str, sink: EventSink, processes: int,
                  log_level: str = "INFO", json_logs: bool = False, called_aes: list[str] | None = None):
@@ -57,15 +62,18 @@ class ReceiverPool:
         self.json_logs = json_logs
         self._ctx = mp.get_context("spawn")
         self._events: Any = self._ctx.Queue()
+        self._counts: Any = self._ctx.Array("i", processes, lock=False)
+        self._gate_lock: Any = self._ctx.Lock()
         self._procs: list[Any] = []
         self._stopping = threading.Event()
         self._pump: threading.Thread | None = None
 
-    def _spawn(self) -> Any:
+    def _spawn(self, slot: int) -> Any:
+        self._counts[slot] = 0  # a restarted receiver's predecessor held nothing any more
         p = self._ctx.Process(
             target=_child_main,
             args=(self.config.model_dump_json(), self.spool_root, self._events, self.log_level,
-                  self.json_logs, self.called_aes),
+                  self.json_logs, self._counts, self._gate_lock, slot, self.called_aes),
             name="x2x-receiver",
             daemon=True,
         )
@@ -73,7 +81,7 @@ class ReceiverPool:
         return p
 
     def start(self, timeout: float = 60.0) -> None:
-        self._procs = [self._spawn() for _ in range(self.n)]
+        self._procs = [self._spawn(i) for i in range(self.n)]
         ready = 0
         deadline = time.monotonic() + timeout
         while ready < self.n:
@@ -110,7 +118,7 @@ class ReceiverPool:
         for i, p in enumerate(self._procs):
             if not p.is_alive() and not self._stopping.is_set():
                 log.error("receiver process %s exited with %s; starting a new one", p.pid, p.exitcode)
-                self._procs[i] = self._spawn()
+                self._procs[i] = self._spawn(i)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -10,26 +10,29 @@ calling AE and address.
 Hot path of a C-STORE (no decode / re-encode of the data set):
 1. read Study / Series / SOP Instance UID from the head of the encoded data set (elements up to
    (0020,000E) only; pixel data is never touched);
-2. `Spool.store` the received bytes (128-byte preamble + file meta + the data set exactly as sent),
+2. walk the encoded data set for its bounds (inbound/bounds.py: sequence depth, element count);
+3. `Spool.store` the received bytes (128-byte preamble + file meta + the data set exactly as sent),
    durable (fsync + atomic rename) before we answer;
-3. answer Success (0x0000), Out of resources (0xA700) on any write error, or Cannot understand
-   (0xC210, reason logged) when the head of the data set cannot be parsed;
-4. report an `InstanceReceived` event to the study tracker.
+4. answer Success (0x0000); Out of resources (0xA700) on a write error, a full spool or an instance
+   over `node.max_instance_mb`; Cannot understand (0xC210, reason logged) when the head cannot be
+   parsed or a UID is not a UID; 0xC212 when the data set is over a bound;
+5. report an `InstanceReceived` event to the study tracker.
 
-With `node.scp_tuning` (default) each acceptor association runs the prompt reactor loops of
-inbound/tuning.py; with it off, stock pynetdicom. Several receiver processes can share the port
-(inbound/receivers.py). Logs: one line per association (at its end) and one per rejection; never
-patient name or ID.
+Admission (inbound/associations.py): a total association limit across receiver processes, the
+transfer syntax preference (lossless as proposed, lossy only alone, Deflate last), a deadline for the
+whole negotiation and a cap on connections still negotiating. Large data sets arrive into a temporary
+file instead of memory (inbound/streaming.py). With `node.scp_tuning` (default) each acceptor
+association runs the prompt reactor loops of inbound/tuning.py; with it off, stock pynetdicom. Several
+receiver processes can share the port (inbound/receivers.py). Logs: one line per association (at its
+end) and one per rejection; never patient name or ID.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
+import mmap
 import os
-import socket
-import ssl
 import sys
 import threading
 import time
@@ -40,9 +43,10 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from dicom_node.config import NodeConfig, TLSConfig
+from dicom_node.config import NodeConfig
+from dicom_node.inbound.associations import AssociationGate, NegotiationWatchdog
+from dicom_node.inbound.bounds import LimitExceeded, Limits, check_encoded
 from dicom_node.inbound.encoding import HEAD_BYTES, UndecodableDataset, file_meta_bytes, peek_identifiers
 from dicom_node.inbound.events import (
     DIMSE,
@@ -53,41 +57,24 @@ from dicom_node.inbound.events import (
     InstanceRefused,
     ReceiveEvent,
 )
-from dicom_node.inbound.spool import Spool, StoreStatus
-from dicom_node.inbound.tuning import adopt
+from dicom_node.inbound.http import uid_problem
+from dicom_node.inbound.spool import FileSlice, Spool, StoreStatus
+from dicom_node.inbound.streaming import SpillBuffer
+from dicom_node.inbound.transport import GuardedRequestHandler, PromptRequestHandler, Server, build_ssl_context
 
 log = logging.getLogger("x2x.receive")
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_OVER_LIMITS = 0xC212  # "cannot understand" family: the data set is over the node's bounds
+SPILLED_HEAD_BYTES = 1024 * 1024
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, "called AE title not recognised" (PS3.8 9.3.4)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
-
-_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
-# pynetdicom accepts the first of *our* syntaxes that the sender proposes. Uncompressed last, so a
-# sender offering its file's own (compressed) encoding plus fallbacks sends it as it is, untranscoded.
-ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED] + list(
-    _UNCOMPRESSED
-)
-
-
-def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
-    if not tls.enabled:
-        return None
-    if tls.cert_file is None or tls.key_file is None:
-        raise ValueError("node.tls.enabled needs node.tls.cert_file and node.tls.key_file")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.ca_file is not None:
-        ctx.load_verify_locations(cafile=str(tls.ca_file))
-    if tls.require_client_cert:
-        if tls.ca_file is None:
-            raise ValueError("node.tls.require_client_cert needs node.tls.ca_file")
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+# Every syntax pynetdicom knows; which one an association gets is chosen per proposal
+# (inbound/associations.py: the sender's lossless syntaxes as proposed, lossy only alone, Deflate last).
+ACCEPTED_TRANSFER_SYNTAXES = list(ALL_TRANSFER_SYNTAXES)
 
 
 @dataclass
@@ -103,62 +90,24 @@ class _AssocStats:
     bytes: int = 0
 
 
-class _PromptRequestHandler(RequestHandler):
-    def _create_association(self) -> Association:
-        return adopt(super()._create_association())
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, optionally sharing its port with sibling processes."""
-
-    reuse_port = False
-    daemon_threads = True
-
-    handshake_timeout = 10.0
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        # Unlike pynetdicom, no TLS handshake here: a silent client would block every later connection.
-        # process_request_thread does it, on the connection's own thread, with a timeout.
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        # Small responses (C-STORE-RSP) must not wait for Nagle + the peer's delayed ACK.
-        with contextlib.suppress(OSError):
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None:
-            try:
-                request.settimeout(self.handshake_timeout)
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-                request.settimeout(None)
-            except (OSError, ValueError) as exc:
-                log.warning("TLS handshake with %s failed: %s", client_address, exc)
-                with contextlib.suppress(OSError):
-                    request.close()
-                return
-        super().process_request_thread(request, client_address)
-
-    def server_bind(self) -> None:
-        if self.reuse_port and self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 class StorageSCP:
     """One pynetdicom acceptor writing into the spool and reporting events to `sink`."""
 
     def __init__(self, config: NodeConfig, spool: Spool, sink: EventSink, *, reuse_port: bool = False,
-                 called_aes: Collection[str] | None = None):
+                 called_aes: Collection[str] | None = None, gate: AssociationGate | None = None):
         """`called_aes`: the AE titles this node answers to (Settings.known_called_aes(): its own and every
-        rule's); default: only `config.ae_title`."""
+        rule's); default: only `config.ae_title`. `gate`: the association count shared by receivers."""
         self.config = config
         self.spool = spool
         self.sink = sink
         self.reuse_port = reuse_port
         self.called_aes = {a.strip() for a in (called_aes or [config.ae_title])}
-        self._reject_reasons: dict[int, str] = {}
-        self._server: _Server | None = None
+        self.limits = Limits.from_node(config)
+        self.max_instance_bytes = config.max_instance_mb * 1024 * 1024
+        self.min_free_bytes = config.spool_min_free_mb * 1024 * 1024
+        self.gate = gate or AssociationGate(config.max_associations)
+        self.watchdog = NegotiationWatchdog(self.gate, config.acse_timeout, config.max_pending_associations)
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._stats: dict[int, _AssocStats] = {}
         self._ids = itertools.count(1)
@@ -172,7 +121,9 @@ class StorageSCP:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
-        ae.maximum_associations = cfg.max_associations
+        # The limit is ours (AssociationGate: established associations, all receivers together);
+        # pynetdicom's own counts every thread, negotiating ones included, in this process only.
+        ae.maximum_associations = 100_000
         ae.maximum_pdu_size = cfg.maximum_pdu_size
         ae.acse_timeout = cfg.acse_timeout
         ae.dimse_timeout = cfg.dimse_timeout
@@ -201,16 +152,20 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        _Server.reuse_port = self.reuse_port
-        _Server.handshake_timeout = min(self.config.acse_timeout, 10.0)
-        server: _Server = self.ae.make_server(  # type: ignore[assignment]
+        Server.reuse_port = self.reuse_port
+        Server.handshake_timeout = min(self.config.acse_timeout, 10.0)
+        Server.request_queue_size = self.config.listen_backlog
+        Server.x2x_scp = self
+        Server.x2x_accepted_at = {}
+        server: Server = self.ae.make_server(  # type: ignore[assignment]
             (self.config.host, self.config.port),
             ssl_context=build_ssl_context(self.config.tls),
             evt_handlers=handlers,
-            server_class=_Server,
-            request_handler=_PromptRequestHandler if self.config.scp_tuning else RequestHandler,
+            server_class=Server,
+            request_handler=PromptRequestHandler if self.config.scp_tuning else GuardedRequestHandler,
         )
         self._server = server
+        self.watchdog.start()
         self.ae._servers.append(server)  # pynetdicom's shutdown() removes it from this list
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="x2x-scp", daemon=True
@@ -226,6 +181,7 @@ class StorageSCP:
             for assoc in list(self._server.active_associations):
                 assoc.abort()
             self._server = None
+            self.watchdog.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -268,11 +224,10 @@ class StorageSCP:
                         "(node.unknown_called_ae = default); calling AE %r from %s",
                         called, known, self.config.ae_title, calling, peer)
             return
-        with self._lock:
-            self._reject_reasons[id(assoc)] = (
-                f"called AE title {called!r} not recognised (this node answers to {known}; "
-                "node.unknown_called_ae = reject)"
-            )
+        assoc.x2x_reject_reason = (  # type: ignore[attr-defined]  # read by _on_rejected
+            f"called AE title {called!r} not recognised (this node answers to {known}; "
+            "node.unknown_called_ae = reject)"
+        )
         # pynetdicom's documented way to refuse from EVT_REQUESTED: send the A-ASSOCIATE-RJ; run_reactor
         # then skips negotiation. The rest is what its own rejections do (EVT_REJECTED, then kill).
         assoc.acse.send_reject(*REJECT_CALLED_AE)
@@ -283,16 +238,12 @@ class StorageSCP:
         primitive = event.assoc.requestor.primitive
         calling = str(getattr(primitive, "calling_ae_title", None) or event.assoc.requestor.ae_title or "").strip()
         allowed = self.config.allowed_calling_aes
-        with self._lock:
-            known_reason = self._reject_reasons.pop(id(event.assoc), None)
-        if known_reason is not None:
-            reason = known_reason
-        elif allowed and calling not in [a.strip() for a in allowed]:
-            reason = "calling AE title not in node.allowed_calling_aes"
-        elif len(self._server.active_associations if self._server else []) > self.config.max_associations:
-            reason = f"more than node.max_associations={self.config.max_associations} associations"
-        else:
-            reason = "no acceptable presentation context or protocol error"
+        # set where we refuse (the called-AE policy here, the association gate in inbound/associations.py)
+        reason: str | None = getattr(event.assoc, "x2x_reject_reason", None)
+        if not reason:
+            reason = ("calling AE title not in node.allowed_calling_aes"
+                      if allowed and calling not in [a.strip() for a in allowed]
+                      else "no acceptable presentation context or protocol error")
         log.warning(
             "association rejected: calling AE %r from %s:%s: %s",
             calling, event.assoc.requestor.address, event.assoc.requestor.port, reason,
@@ -300,6 +251,7 @@ class StorageSCP:
         self._emit(AssociationRejected(calling_ae=calling, reason=reason))
 
     def _on_ended(self, event: evt.Event) -> None:
+        self.watchdog.ended(event.assoc)
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         with self._lock:
             st = self._stats.pop(id(event.assoc), None)
@@ -314,39 +266,94 @@ class StorageSCP:
         )
         self._emit(AssociationEnded(st.association_id, st.calling_ae, st.called_ae, how, DIMSE))
 
+    def _refuse(self, st: _AssocStats, sop: str, status: int, kind: str, reason: str) -> int:
+        st.failed += 1
+        log.warning("C-STORE of SOP %s refused (0x%04X): %s", sop, status, reason)
+        self._emit(InstanceRefused(sop, kind, reason))
+        return status
+
     def _on_store(self, event: evt.Event) -> int:
         st = self._stats_for(event.assoc)
         request: Any = event.request  # a C_STORE primitive
-        # A view of pynetdicom's buffer: the data set is never copied, decoded or re-encoded.
-        dataset = request.DataSet.getbuffer()  # type: ignore[union-attr]
-        transfer_syntax = event.context.transfer_syntax
+        received = request.DataSet
         try:
-            try:  # the UIDs sit near the start; parse a small head first, everything if that fails
-                study, series, sop = peek_identifiers(bytes(dataset[:HEAD_BYTES]), transfer_syntax)
-            except UndecodableDataset:
-                study, series, sop = peek_identifiers(bytes(dataset), transfer_syntax)
-        except UndecodableDataset as exc:
-            st.failed += 1
-            log.warning("C-STORE of SOP %s refused (0xC210): %s",
-                        request.AffectedSOPInstanceUID, exc)
-            self._emit(InstanceRefused(str(request.AffectedSOPInstanceUID), "cannot-understand", str(exc)))
-            return STATUS_CANNOT_UNDERSTAND
-        sop = sop or str(request.AffectedSOPInstanceUID)
+            return self._store(st, request, received, str(event.context.transfer_syntax))
+        except Exception as exc:  # noqa: BLE001 - the last net: a status and one line, never a traceback
+            log.debug("C-STORE handler failed", exc_info=True)
+            return self._refuse(st, str(request.AffectedSOPInstanceUID), 0xC211, "cannot-understand",
+                                f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            if isinstance(received, SpillBuffer) and received.spilled:
+                received.release()  # the temporary file now; an in-memory buffer goes with the message
+
+    def _store(self, st: _AssocStats, request: Any, received: Any, transfer_syntax: str) -> int:
+        affected = str(request.AffectedSOPInstanceUID or "")
+        spilled = isinstance(received, SpillBuffer) and received.spilled
+        if isinstance(received, SpillBuffer) and received.over_cap:
+            return self._refuse(st, affected, STATUS_OUT_OF_RESOURCES, "out-of-resources",
+                                f"instance of {received.size / 2**20:.0f} MB is larger than "
+                                f"node.max_instance_mb={self.config.max_instance_mb}")
+        mapped: Any = None
+        try:
+            if spilled:
+                size = received.size
+                mapped = mmap.mmap(received.fileno_for_copy(), size, access=mmap.ACCESS_READ)
+                dataset: Any = mapped
+                head = received.head(SPILLED_HEAD_BYTES)
+            else:
+                # A view of pynetdicom's buffer: the data set is never copied, decoded or re-encoded.
+                dataset = received.getbuffer()
+                size = len(dataset)
+                head = bytes(dataset[:HEAD_BYTES])
+            try:  # first, before anything parses it: pydicom recurses into nested sequences
+                check_encoded(dataset, transfer_syntax, self.limits)
+            except LimitExceeded as exc:
+                return self._refuse(st, ascii(affected)[1:-1], STATUS_OVER_LIMITS, "cannot-understand", str(exc))
+            try:
+                try:  # the UIDs sit near the start; parse a small head first, everything if that fails
+                    study, series, sop = peek_identifiers(head, transfer_syntax)
+                except UndecodableDataset:
+                    if spilled:
+                        raise
+                    study, series, sop = peek_identifiers(bytes(dataset), transfer_syntax)
+            except UndecodableDataset as exc:
+                return self._refuse(st, affected, STATUS_CANNOT_UNDERSTAND, "cannot-understand", str(exc))
+            sop = sop or affected
+            for what, uid in (("Study Instance UID", study), ("Series Instance UID", series),
+                              ("SOP Instance UID", sop)):
+                problem = uid_problem(uid)
+                if problem is not None:
+                    return self._refuse(st, ascii(affected)[1:-1], STATUS_CANNOT_UNDERSTAND, "cannot-understand",
+                                        f"{what}: {problem}")
+            return self._spool(st, request, dataset, received if spilled else None, size,
+                               (study, series, sop), transfer_syntax)
+        finally:
+            if mapped is not None:
+                mapped.close()
+
+    def _spool(self, st: _AssocStats, request: Any, dataset: Any, spill: SpillBuffer | None, size: int,
+               uids: tuple[str, str, str], transfer_syntax: str) -> int:
+        study, series, sop = uids
+        try:
+            free = self.spool.free_bytes()
+        except OSError:
+            free = None
+        if free is not None and free - size < self.min_free_bytes:
+            return self._refuse(st, sop, STATUS_OUT_OF_RESOURCES, "out-of-resources",
+                                f"spool has {free / 2**20:.0f} MB free, keeping node.spool_min_free_mb="
+                                f"{self.config.spool_min_free_mb}")
         # File meta (as pynetdicom would build it), written ahead of the untouched data set bytes.
         meta = file_meta_bytes(
-            str(request.AffectedSOPClassUID), sop, str(transfer_syntax), st.calling_ae,
+            str(request.AffectedSOPClassUID), sop, transfer_syntax, st.calling_ae,
             self.ae.implementation_class_uid, self.ae.implementation_version_name or "",
         )
         try:
             self.spool.record_origin(study, st.called_ae, st.calling_ae)
         except OSError as exc:
-            st.failed += 1
             log.error("C-STORE of SOP %s: cannot record study origin: %s", sop, exc)
-            self._emit(InstanceRefused(sop, "out-of-resources", str(exc)))
-            return STATUS_OUT_OF_RESOURCES
-        outcome = self.spool.store(
-            (meta, dataset), study_uid=study, series_uid=series, sop_uid=sop
-        )
+            return self._refuse(st, sop, STATUS_OUT_OF_RESOURCES, "out-of-resources", str(exc))
+        body = FileSlice(spill.fileno_for_copy(), 0, size) if spill is not None else dataset
+        outcome = self.spool.store((meta, body), study_uid=study, series_uid=series, sop_uid=sop)
         if not outcome.ok:
             st.failed += 1
             self._emit(InstanceRefused(sop, "out-of-resources", outcome.error or ""))
@@ -356,7 +363,7 @@ class StorageSCP:
             st.duplicates += 1
         else:
             st.stored += 1
-            st.bytes += len(dataset)
+            st.bytes += size
         self._emit(
             InstanceReceived(
                 study_uid=study, series_uid=series, sop_uid=sop, path=str(outcome.path),

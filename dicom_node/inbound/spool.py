@@ -47,6 +47,19 @@ class StoreOutcome:
 
 
 @dataclass(frozen=True)
+class FileSlice:
+    """`length` bytes of an open file from `offset`: written by the kernel (copy_file_range), so a
+    large instance received into a temporary file never passes through memory."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@dataclass(frozen=True)
 class SpooledStudy:
     study_uid: str  # the folder name (the UID itself unless it was unsafe as a file name)
     path: Path
@@ -60,6 +73,21 @@ def safe_name(uid: str) -> str:
     if _SAFE_NAME.match(uid) and uid not in (".", ".."):
         return uid
     return "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()
+
+
+def _copy_range(src: FileSlice, fd: int) -> None:
+    offset, left = src.offset, src.length
+    while left > 0:
+        try:
+            n = os.copy_file_range(src.fd, fd, left, offset)
+        except OSError:  # e.g. across file systems on an old kernel: plain reads, bounded chunks
+            chunk = os.pread(src.fd, min(left, 1 << 20), offset)
+            n = len(chunk)
+            Spool._write_buffers(fd, [chunk])
+        if n == 0:
+            raise OSError(f"source ended {left} bytes early")
+        offset += n
+        left -= n
 
 
 def _fsync_dir(path: Path) -> None:
@@ -98,14 +126,22 @@ class Spool:
         with self._lock:
             self._known_dirs.add(directory)
 
+    def free_bytes(self) -> int:
+        """Space left for new instances on the spool's file system."""
+        st = os.statvfs(self.root)
+        return int(st.f_bavail * st.f_frsize)
+
     def store(
-        self, raw: bytes | Sequence[bytes | memoryview], *, study_uid: str, series_uid: str, sop_uid: str
+        self, raw: bytes | memoryview | Sequence[bytes | memoryview | FileSlice], *, study_uid: str, series_uid: str,
+        sop_uid: str,
     ) -> StoreOutcome:
         """Durably store one instance; `raw` is the complete file (or its parts, written in order)."""
         final = self.path_for(study_uid, series_uid, sop_uid)
         if final.exists():
             return StoreOutcome(StoreStatus.ALREADY_STORED, final)
-        chunks = [raw] if isinstance(raw, (bytes, bytearray, memoryview)) else list(raw)
+        chunks: list[bytes | memoryview | FileSlice] = (
+            [raw] if isinstance(raw, (bytes, bytearray, memoryview)) else list(raw)
+        )
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
         fd = -1
         try:
@@ -132,7 +168,19 @@ class Spool:
         return StoreOutcome(StoreStatus.STORED, final)
 
     @staticmethod
-    def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
+    def _write_all(fd: int, chunks: list[bytes | memoryview | FileSlice]) -> None:
+        run: list[bytes | memoryview] = []
+        for chunk in chunks:
+            if isinstance(chunk, FileSlice):
+                Spool._write_buffers(fd, run)
+                run = []
+                _copy_range(chunk, fd)
+            else:
+                run.append(chunk)
+        Spool._write_buffers(fd, run)
+
+    @staticmethod
+    def _write_buffers(fd: int, chunks: list[bytes | memoryview]) -> None:
         views = [memoryview(c) for c in chunks if len(c)]
         while views:
             written = os.writev(fd, views)

@@ -29,15 +29,15 @@ def cancel_job(ctx: NodeContext, job_id: int) -> Job:
 
 
 def retry_job(ctx: NodeContext, job_id: int) -> Job:
-    """Queue a failed, dead-lettered or cancelled job again (attempt counters reset, every undelivered
-    delivery with them). Objects already on disk are reused, destinations already served are not sent
-    to again."""
+    """Queue a failed, dead-lettered or cancelled job again (attempt and requeue counters reset, every
+    undelivered delivery with them). Objects already on disk are reused, destinations already served are
+    not sent to again."""
 
     def reset(s: Session) -> None:
         reset_deliveries(s, job_id)
 
-    result = ctx.store.transition(job_id, Action.RETRY, attempts=0, next_attempt_at=None, finished_at=None,
-                                  also=reset)
+    result = ctx.store.transition(job_id, Action.RETRY, attempts=0, requeues=0, next_attempt_at=None,
+                                  finished_at=None, also=reset)
     if result.job is None:
         raise KeyError(job_id)
     if not result.changed:

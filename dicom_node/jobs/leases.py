@@ -10,7 +10,9 @@ message held in a killed worker's memory is gone too. So the job store is the so
 - every worker sweeps at start and periodically: a job in editing/encoding/sending whose lease is
   stale (older than `queue.lease_seconds`) or whose worker process on this host no longer exists is
   put back to queued and re-sent. Redis/RabbitMQ redeliver unacked messages too; the claim makes the
-  two recovery paths safe to overlap.
+  two recovery paths safe to overlap;
+- a job whose worker died on it more than `queue.max_requeues` times is quarantined (dead-letter with
+  the reason) instead: whatever kills workers stays with that job.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.tables import Job, JobLease, WorkerRecord, utcnow
@@ -171,10 +174,9 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
     return sorted(set(out))
 
 
-def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -> bool:
-    """Put an orphaned in-progress job back where its stage starts — queued (edit) or encoded (delivery) —
-    with one conditional UPDATE, so a live worker that renewed its lease in the meantime keeps the job.
-    Returns True if this call requeued it."""
+def _orphan_conditions(store: JobStore, job_id: int, lease_seconds: float) -> list[ColumnElement[bool]]:
+    """The extra WHERE of taking an orphaned job away from its worker: its lease is stale (unless the
+    worker is a dead process on this host), so a live worker that renewed its lease keeps the job."""
     stale_before = utcnow() - dt.timedelta(seconds=lease_seconds)
     me = WorkerIdentity.current()
     with store.db.session() as s:
@@ -184,10 +186,43 @@ def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -
             and not _pid_alive(lease.pid)
         )
     live_lease = exists().where(JobLease.job_id == job_id, JobLease.heartbeat_at >= stale_before)
+    return [] if dead_local else [~live_lease]
 
-    def drop_lease(s: Session) -> None:
+
+def _drop_lease(job_id: int) -> Callable[[Session], None]:
+    def drop(s: Session) -> None:
         s.execute(delete(JobLease).where(JobLease.job_id == job_id))
 
+    return drop
+
+
+def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -> bool:
+    """Put an orphaned in-progress job back where its stage starts — queued (edit) or encoded (delivery) —
+    with one conditional UPDATE, so a live worker that renewed its lease in the meantime keeps the job,
+    and count the requeue. Returns True if this call requeued it."""
     job = store.get(job_id)
     action = Action.REQUEUE_DELIVERY if job is not None and job.state == JobState.SENDING else Action.REQUEUE
-    return store.transition(job_id, action, where=[] if dead_local else [~live_lease], also=drop_lease).changed
+    return store.transition(
+        job_id, action, where=_orphan_conditions(store, job_id, lease_seconds), also=_drop_lease(job_id),
+        requeues=Job.requeues + 1,
+    ).changed
+
+
+def quarantine_orphan(store: JobStore, job_id: int, *, lease_seconds: float, max_requeues: int) -> str | None:
+    """An orphaned job whose worker already died on it `max_requeues` times is dead-lettered instead of
+    requeued: one job that kills its worker (memory, a crash in a library) must not kill the next one,
+    and the next. Returns the reason recorded, or None when the job may be requeued."""
+    job = store.get(job_id)
+    if job is None or (job.requeues or 0) < max_requeues:
+        return None
+    deaths = (job.requeues or 0) + 1
+    reason = (f"quarantined: its worker died {deaths} times while it was {job.state} (queue.max_requeues="
+              f"{max_requeues}); find out why (worker logs, memory) before `x2x jobs retry {job_id}`")
+    if job.last_error:
+        reason += f"; last error: {job.last_error[:500]}"
+    changed = store.transition(
+        job_id, Action.DEAD_LETTER, where=[Job.requeues == job.requeues, *_orphan_conditions(store, job_id,
+                                                                                           lease_seconds)],
+        also=_drop_lease(job_id), last_error=reason, next_attempt_at=None, requeues=Job.requeues + 1,
+    ).changed
+    return reason if changed else None

@@ -22,16 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-
 from dicom_node import metrics
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import Delivery, Job, utcnow
 from dicom_node.jobs.deliveries import due_deliveries, ensure_job_deliveries, settle, transition_delivery
+from dicom_node.jobs.editing import EditFailed, EditInput, edit_and_write
+from dicom_node.jobs.sandbox import sandbox_for
 from dicom_node.jobs.states import Action, DeliveryAction, JobState
-from dicom_node.results import result_files, write_outputs
+from dicom_node.results import result_files
 from dicom_node.send import SendError, get_sender, lookup_destination
-from editor import EditParams, source_from_dataset
 
 log = logging.getLogger("x2x.jobs.pipeline")
 
@@ -63,6 +62,8 @@ def backoff_seconds(ctx: NodeContext, attempts: int) -> float:
 
 
 def error_text(exc: BaseException) -> str:
+    if isinstance(exc, EditFailed):  # formatted where it happened (the edit process)
+        return str(exc)[:2000]
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
 
 
@@ -74,25 +75,24 @@ def _step(ctx: NodeContext, job_id: int, action: Action, **values: Any) -> None:
 
 # edit stage -------------------------------------------------------------------------------------------
 def _edit_and_encode(ctx: NodeContext, job: Job, out_dir: Path) -> None:
-    """Edit the source and write the five objects + previews."""
-    timings: dict[str, float] = dict(job.timings or {})
-    t0 = time.monotonic()
-    source_ds = dcmread(job.source_path)
-    source = source_from_dataset(source_ds)
-    result = ctx.editor().edit(source, job.instruction, seed=job.seed, params=EditParams.from_dict(job.params or {}))
-    timings["edit_s"] = round(time.monotonic() - t0, 3)
-    _step(ctx, job.id, Action.ENCODE)
-    t0 = time.monotonic()
-    written = write_outputs(result, out_dir, source=source, source_ds=source_ds, job_key=job.idempotency_key,
-                            settings=ctx.settings)
-    timings["encode_s"] = round(time.monotonic() - t0, 3)
+    """Edit the source and write the five objects + previews: in the worker's memory-limited child
+    process (jobs/sandbox.py) unless `queue.edit_isolation = "none"`."""
+    job_input = EditInput.of(job)
+
+    def edited() -> None:
+        _step(ctx, job.id, Action.ENCODE)
+
+    if ctx.settings.queue.edit_isolation == "process":
+        edited_out = sandbox_for(ctx.settings).run(job_input, out_dir, on_edited=edited)
+    else:
+        edited_out = edit_and_write(ctx.editor(), job_input, out_dir, ctx.settings, on_edited=edited)
     ctx.store.update(
         job.id,
-        result=result.summary(),
-        output_uids=written.uids,
-        timings=timings | {f"editor_{k}": v for k, v in result.timings.items()},
-        model_id=result.model_id,
-        model_hash=result.model_hash,
+        result=edited_out.summary,
+        output_uids=edited_out.uids,
+        timings=edited_out.timings,
+        model_id=edited_out.model_id,
+        model_hash=edited_out.model_hash,
     )
     log.info("job %s encoded 5 objects in %s", job.id, out_dir)
 

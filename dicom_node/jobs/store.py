@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dicom_node.db.engine import Database
+from dicom_node.db.engine import Database, retry_locked
 from dicom_node.db.tables import Job, utcnow
 from dicom_node.jobs.states import STATES, TRANSITIONS, Action, JobState
 
@@ -36,7 +36,10 @@ class JobStore:
     # creation ----------------------------------------------------------------------------
     def create_job(self, **fields: Any) -> tuple[Job, bool]:
         """Insert a job (state received) unless one with the same idempotency key exists;
-        returns (job, created)."""
+        returns (job, created). Every write here retries while the database is locked (retry_locked)."""
+        return retry_locked(self.db, lambda: self._create_job(**fields))
+
+    def _create_job(self, **fields: Any) -> tuple[Job, bool]:
         if "state" in fields:
             raise ValueError("a new job starts as 'received'; states change through transition()")
         key = fields["idempotency_key"]
@@ -88,6 +91,9 @@ class JobStore:
     # writes ------------------------------------------------------------------------------
     def update(self, job_id: int, **fields: Any) -> Job:
         """Record facts about a job (results, timings, errors): never its state."""
+        return retry_locked(self.db, lambda: self._update(job_id, **fields))
+
+    def _update(self, job_id: int, **fields: Any) -> Job:
         if "state" in fields:
             raise ValueError("a job's state changes only through JobStore.transition()")
         with self.db.session() as s:
@@ -114,6 +120,12 @@ class JobStore:
         conditions (e.g. "due now" for a claim); `also` runs in the same transaction when the job
         changed (e.g. taking the job's lease). Returns the job as it is now and whether it changed.
         """
+        return retry_locked(self.db, lambda: self._transition(job_id, action, where, also, values))
+
+    def _transition(
+        self, job_id: int, action: Action, where: Sequence[ColumnElement[bool]],
+        also: Callable[[Session], None] | None, values: dict[str, Any],
+    ) -> TransitionResult:
         rule = TRANSITIONS[action]
         now = utcnow()
         stamped: dict[str, Any] = {"state": rule.target.value, "updated_at": now}

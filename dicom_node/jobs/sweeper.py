@@ -37,6 +37,11 @@ def sweep_once(ctx: NodeContext) -> list[int]:
             continue
         was = job.state
         if was in IN_PROGRESS:
+            quarantined = leases.quarantine_orphan(ctx.store, job_id, lease_seconds=q.lease_seconds,
+                                                   max_requeues=q.max_requeues)
+            if quarantined is not None:
+                log.error("job %s dead-lettered: %s", job_id, quarantined)
+                continue
             if not leases.requeue_in_progress(ctx.store, job_id, lease_seconds=q.lease_seconds):
                 continue
             job = ctx.store.get(job_id)

@@ -13,7 +13,8 @@ from dicom_node.context import NodeContext, build_context
 from dicom_node.jobs import leases
 from dicom_node.jobs.celery_app import celery_app, delivery_app
 from dicom_node.jobs.pipeline import JobOutcome, run_deliveries, run_edit
-from dicom_node.jobs.queue import DELIVER_TASK, EDIT_TASK, send_delivery
+from dicom_node.jobs.queue import DELIVER_TASK, EDIT_TASK, send_delivery, send_task
+from dicom_node.jobs.sandbox import SandboxStopping
 from dicom_node.jobs.states import Action, JobState
 
 log = logging.getLogger("x2x.jobs.tasks")
@@ -55,6 +56,11 @@ def _attempt(ctx: NodeContext, job_id: int, stage: Action, run: Callable[[NodeCo
     try:
         with leases.Heartbeat(ctx.store, job_id, me, interval):
             return True, run(ctx, job_id)
+    except SandboxStopping:  # the worker stops mid-edit: back on the queue, not failed, not a death
+        if ctx.store.transition(job_id, Action.REQUEUE).changed:
+            log.info("job %s put back on the queue: the worker is stopping", job_id)
+            send_task(ctx, job_id)
+        return True, JobOutcome(JobState.QUEUED.value)
     except Exception as exc:  # each stage records its own errors; this is the safety net
         log.error("job %s failed unexpectedly: %s", job_id, type(exc).__name__, exc_info=True)
         job = ctx.store.get(job_id)

@@ -16,6 +16,7 @@ from typing import Any
 from dicom_node.context import NodeContext
 from dicom_node.jobs import tasks
 from dicom_node.jobs.celery_app import celery_app, configure_celery, delivery_app
+from dicom_node.jobs.sandbox import stop_sandboxes
 from dicom_node.jobs.sweeper import Sweeper
 
 log = logging.getLogger("x2x.jobs.worker")
@@ -103,6 +104,7 @@ class EmbeddedWorker:
         self._sweeper.stop()
         for controller in reversed(self.controllers):
             controller.stop(timeout)
+        stop_sandboxes()  # an edit still running after the timeout: its job goes back on the queue
 
 
 def start_embedded_worker(ctx: NodeContext) -> None:
@@ -154,6 +156,7 @@ def run_worker(
         for controller in side:
             controller.stop(30.0)
         sweeper.stop()
+        stop_sandboxes()
 
 
 def _route_celery_console_messages() -> None:

@@ -91,8 +91,34 @@ def orientation_labels(ds: Dataset) -> tuple[str, str] | None:
     return (row_letters, col_letters) if row_letters and col_letters else None
 
 
+# Deepest sequence nesting copied from a source into the outputs. pydicom writes nested sequences
+# recursively and on an error re-wraps the exception with the whole traceback at every level (the
+# message grows ~2.6x per level: 10 levels ~40 MB, 14 levels several GB). A chest radiograph nests 3-4
+# levels; anything deeper than this is refused rather than copied.
+COPY_DEPTH_LIMIT = 8
+
+
+def check_copy_depth(source: Dataset, limit: int = COPY_DEPTH_LIMIT) -> None:
+    """ValueError when `source` nests sequences deeper than `limit` (walked iteratively)."""
+    todo: list[tuple[Dataset, int]] = [(source, 0)]
+    while todo:
+        ds, level = todo.pop()
+        for raw in ds.elements():
+            if getattr(raw, "VR", None) not in ("SQ", None, "UN"):
+                continue
+            elem = ds[raw.tag]  # converts a raw element; a sequence's items become Datasets
+            if elem.VR != "SQ" or not elem.value:
+                continue
+            if level + 1 > limit:
+                raise ValueError(f"the source nests sequences more than {limit} deep ({elem.keyword or elem.tag}); "
+                                 "its elements are not copied into outputs")
+            todo.extend((item, level + 1) for item in elem.value)
+
+
 def metadata_copy(source: Dataset) -> Dataset:
-    """The source without pixel data and without an invalid (Imager) Pixel Spacing: highdicom would copy it."""
+    """The source without pixel data and without an invalid (Imager) Pixel Spacing (highdicom would copy it).
+    Refuses (ValueError) a source nested deeper than COPY_DEPTH_LIMIT."""
+    check_copy_depth(source)
     out = Dataset()
     for elem in source:
         if elem.tag == 0x7FE00010 or elem.tag.group == 0xFFFC:

@@ -56,15 +56,44 @@ def is_chest(body_part: str) -> bool:
     return not body_part.strip() or body_part_key(body_part) in CHEST_BODY_PARTS
 
 
+class Unreadable(ValueError):
+    """An attribute the decision needs cannot be decoded (unknown VR, a value of the wrong type)."""
+
+
+def _get(ds: Dataset, keyword: str) -> object:
+    try:
+        return ds.get(keyword)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a malformed element
+        raise Unreadable(f"{keyword} cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from exc
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     return str(value).strip().upper() if value not in (None, "") else ""
 
 
+def _count(ds: Dataset, keyword: str) -> int:
+    value = _get(ds, keyword)
+    if value in (None, ""):
+        return 1
+    try:
+        return int(str(value).strip())
+    except ValueError as exc:
+        raise Unreadable(f"{keyword} {str(value)[:40]!r} is not a number") from exc
+
+
 def skip_reason(ds: Dataset, *, has_pixel_data: bool = True) -> str | None:
-    """None when the instance is a frontal chest radiograph, else why it is skipped."""
+    """None when the instance is a frontal chest radiograph, else why it is skipped (an attribute that
+    cannot be read is a reason too, naming it)."""
+    try:
+        return _skip_reason(ds, has_pixel_data)
+    except Unreadable as exc:
+        return f"unreadable attribute: {exc}"
+
+
+def _skip_reason(ds: Dataset, has_pixel_data: bool) -> str | None:
     modality = _text(ds, "Modality")
-    sop_class = str(ds.get("SOPClassUID", "")).strip()
+    sop_class = str(_get(ds, "SOPClassUID") or "").strip()
     if modality:
         if modality not in ("CR", "DX"):
             return f"modality {modality} is not CR/DX"
@@ -78,10 +107,10 @@ def skip_reason(ds: Dataset, *, has_pixel_data: bool = True) -> str | None:
         return f"view position {view} is not frontal (PA/AP)"
     if not has_pixel_data:
         return "no pixel data"
-    samples = ds.get("SamplesPerPixel", 1)
-    if samples not in (None, "") and int(samples) != 1:
+    samples = _count(ds, "SamplesPerPixel")
+    if samples != 1:
         return f"{samples} samples per pixel (colour); only greyscale radiographs are edited"
-    frames = ds.get("NumberOfFrames", 1)
-    if frames not in (None, "") and int(frames) > 1:
+    frames = _count(ds, "NumberOfFrames")
+    if frames > 1:
         return f"{frames} frames; only single-frame radiographs are edited"
     return None

@@ -16,7 +16,8 @@ RECEIVING = "receiving"
 PROCESSED = "processed"  # jobs created (possibly zero, see counts)
 NO_REQUEST = "no-request"  # nothing asked for an edit
 INVALID_REQUEST = "invalid-request"  # the instruction did not parse; request_error says why
-ERROR = "error"  # processing failed (e.g. the model cannot be described); retried on restart
+ERROR = "error"  # processing failed (e.g. the model cannot be described, the database locked); retried
+RETRYING = "retrying"  # shown by GET /studies for a study the tracker retries (see StudyTracker.retrying)
 
 # Instance outcomes
 INSTANCE_JOB = "job"
@@ -24,6 +25,7 @@ INSTANCE_SKIPPED = "skipped"
 INSTANCE_NO_REQUEST = "no-request"
 INSTANCE_INVALID_REQUEST = "invalid-request"
 INSTANCE_UNREADABLE = "unreadable"
+INSTANCE_ERROR = "error"  # evaluating it failed (the reason says how); the rest of the study went on
 
 
 @dataclass
@@ -62,6 +64,7 @@ def save_outcome(
 
 
 def save_error(db: Database, study_uid: str, error: str) -> None:
+    """The study's row after a failed completion (state error, the reason in request_error)."""
     with db.session() as s:
         rec = s.get(StudyRecord, study_uid) or StudyRecord(study_instance_uid=study_uid)
         rec.state = ERROR

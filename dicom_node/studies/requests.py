@@ -163,6 +163,11 @@ def resolve(settings: Settings, called_ae: str | None, ds: Dataset) -> EditReque
     else:
         return None
 
+    longest = settings.requests.max_instruction_chars
+    if len(text) > longest:  # never parsed, stored or logged whole
+        return EditRequest(source, text[:longest], None, int(seed), EditParams(), destination,
+                           error=f"instruction of {len(text)} characters; at most {longest} "
+                                 "(requests.max_instruction_chars)")
     try:
         params = resolve_params(settings, {"steps": steps})
     except InvalidEditParams as exc:

@@ -4,6 +4,11 @@ and no instance has arrived for `node.study_quiet_seconds`; then it is processed
 Restart safety: the receive path only writes the spool. At start `rescan()` compares the spool with
 `study_instances`; any study with an instance not yet recorded is resumed (completed after the quiet
 period, with the called AE(s) and origins remembered in the spool's `.origin-*.json` files).
+
+A completion that fails (the database locked or unreachable, the model missing: per-instance problems
+never fail it, see studies/intake.py) keeps the study pending and retries it with backoff (2 s,
+doubling, at most RETRY_MAX_S); `retrying()` says which studies wait and why, and GET /studies shows
+them with that reason even while the database cannot be written.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from dataclasses import dataclass, field
 
 from dicom_node import metrics
 from dicom_node.context import NodeContext
+from dicom_node.db.engine import retry_locked
 from dicom_node.db.tables import StudyRecord, utcnow
 from dicom_node.inbound.events import DIMSE, AssociationEnded, InstanceReceived, ReceiveEvent, count_receive_event
 from dicom_node.inbound.spool import Spool
 from dicom_node.studies.intake import create_jobs_for_study
-from dicom_node.studies.records import ERROR, RECEIVING, StudyOutcome, recorded_paths, save_error
+from dicom_node.studies.records import ERROR, RECEIVING, RETRYING, StudyOutcome, recorded_paths, save_error
 
 log = logging.getLogger("x2x.studies")
 
@@ -41,6 +47,14 @@ class _Pending:
     first_seen_utc: dt.datetime = field(default_factory=utcnow)
     last_seen_utc: dt.datetime = field(default_factory=utcnow)
     dirty: bool = True  # DB row needs an update
+    attempts: int = 0  # failed completions so far
+    retry_at: float = 0.0  # monotonic time of the next completion attempt
+    last_error: str | None = None
+    failed_since_utc: dt.datetime | None = None
+
+
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 300.0
 
 
 class StudyTracker:
@@ -119,10 +133,14 @@ class StudyTracker:
         now = time.monotonic() if now is None else now
         with self._lock:
             return [uid for uid, p in self._pending.items()
-                    if not p.open_associations and now - p.last_instance >= self.quiet_seconds]
+                    if not p.open_associations and now - p.last_instance >= self.quiet_seconds
+                    and now >= p.retry_at]
 
     def poll_once(self) -> list[StudyOutcome]:
-        self._flush_receiving_rows()
+        try:
+            self._flush_receiving_rows()
+        except Exception as exc:  # noqa: BLE001 - the rows are written again next tick (still dirty)
+            log.warning("study tracker: could not record receiving studies: %s: %s", type(exc).__name__, exc)
         outcomes = []
         for study_uid in self.due():
             with self._lock:
@@ -131,21 +149,54 @@ class StudyTracker:
                     continue
                 origins = sorted(p.origins, key=_origin_order) or [(None, None, DIMSE)]
                 count = p.new_instances
-                del self._pending[study_uid]
-            metrics.studies_completed_total.inc()
-            log.info("study %s: complete (%d new instance(s), quiet for %.1f s)", study_uid, count,
-                     self.quiet_seconds)
-            for called, calling, origin in origins:
-                outcomes.append(self._process(study_uid, called, calling, origin))
+                del self._pending[study_uid]  # put back below if its completion fails
+            if p.attempts == 0:
+                metrics.studies_completed_total.inc()
+                log.info("study %s: complete (%d new instance(s), quiet for %.1f s)", study_uid, count,
+                         self.quiet_seconds)
+            try:
+                for called, calling, origin in origins:
+                    outcomes.append(self._process(study_uid, called, calling, origin))
+            except Exception as exc:  # noqa: BLE001 - retried with backoff, never dropped
+                self._retry_later(study_uid, p, exc)
+                outcomes.append(StudyOutcome(study_uid, ERROR, error=p.last_error))
         return outcomes
 
+    def _retry_later(self, study_uid: str, p: _Pending, exc: BaseException) -> None:
+        p.attempts += 1
+        p.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        p.failed_since_utc = p.failed_since_utc or utcnow()
+        delay = min(RETRY_FIRST_S * 2 ** (p.attempts - 1), RETRY_MAX_S)
+        p.retry_at = time.monotonic() + delay
+        log.error("study %s: completion failed (attempt %d), retrying in %.0f s: %s", study_uid, p.attempts, delay,
+                  p.last_error)
+        with self._lock:
+            newer = self._pending.get(study_uid)
+            if newer is not None:  # more instances arrived meanwhile: one pending entry for both
+                p.open_associations |= newer.open_associations
+                p.origins |= newer.origins
+                p.new_instances += newer.new_instances
+                p.last_instance = max(p.last_instance, newer.last_instance)
+            self._pending[study_uid] = p
+        try:  # best effort: the database may be what failed
+            save_error(self.ctx.db, study_uid, f"completion failed (attempt {p.attempts}, retrying): "
+                                               f"{p.last_error}")
+        except Exception as save_exc:  # noqa: BLE001 - GET /studies shows it from retrying() instead
+            log.warning("study %s: could not record the failure either: %s", study_uid, type(save_exc).__name__)
+
+    def retrying(self) -> dict[str, dict[str, object]]:
+        """Studies whose completion failed and waits for its next attempt: uid -> attempts, reason, when."""
+        now = time.monotonic()
+        with self._lock:
+            return {
+                uid: {"state": RETRYING, "completion_attempts": p.attempts, "completion_error": p.last_error,
+                      "next_attempt_in_s": round(max(0.0, p.retry_at - now), 1),
+                      "failing_since": p.failed_since_utc.isoformat() + "Z" if p.failed_since_utc else None}
+                for uid, p in self._pending.items() if p.attempts
+            }
+
     def _process(self, study_uid: str, called: str | None, calling: str | None, origin: str) -> StudyOutcome:
-        try:
-            out = create_jobs_for_study(self.ctx, study_uid, called_ae=called, calling_ae=calling, origin=origin)
-        except Exception as exc:
-            log.exception("study %s: processing failed", study_uid)
-            save_error(self.ctx.db, study_uid, f"{type(exc).__name__}: {exc}")
-            return StudyOutcome(study_uid, ERROR, error=str(exc))
+        out = create_jobs_for_study(self.ctx, study_uid, called_ae=called, calling_ae=calling, origin=origin)
         log.info(
             "study %s: %s via called AE %r: %d job(s) created, %d already existed, %d skipped%s",
             study_uid, out.state, called, len(out.created_jobs), len(out.existing_jobs), len(out.skipped),
@@ -163,6 +214,16 @@ class StudyTracker:
                 self._pending[uid].dirty = False
         if not dirty:
             return
+        try:
+            retry_locked(self.ctx.db, lambda: self._write_receiving_rows(dirty))
+        except Exception:
+            with self._lock:  # write them next tick
+                for uid, *_ in dirty:
+                    if uid in self._pending:
+                        self._pending[uid].dirty = True
+            raise
+
+    def _write_receiving_rows(self, dirty: list[tuple[str, dt.datetime, dt.datetime, set[Origin]]]) -> None:
         with self.ctx.db.session() as s:
             for uid, first, last, origins in dirty:
                 rec = s.get(StudyRecord, uid)

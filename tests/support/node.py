@@ -20,7 +20,8 @@ Ports, host and var dir are passed as environment (`X2X_NODE__PORT`, `X2X_NODE__
 `var_dir=` to choose them (e.g. to restart a node on the same spool). Options:
 `model_dir` (sets X2X_MODEL__PATH, e.g. the `tiny_model_dir` fixture; without it the node builds the
 tiny fixture itself, which is slow), `quiet_seconds` (default 0.5 for tests), `receiver_processes`,
-`ready_check`, `ready_timeout`. Helpers on `NodeProcess`: `echo()`, `log_text()`, `kill()`
+`ready_check`, `ready_timeout`, `address_space_mb` (RLIMIT_AS of the node and its children: a test that
+attacks the node's memory cannot take the machine with it). Helpers on `NodeProcess`: `echo()`, `log_text()`, `kill()`
 (SIGKILL), `stop()`, `jobs()`, `studies()`, `study_instances()` (rows of the node's SQLite DB as
 dicts), `wait_for(predicate, timeout)`, `wait_for_jobs(n)`, `spool_files()`.
 """
@@ -172,6 +173,7 @@ def start_node(
     receiver_processes: int | None = None,
     ready_check: Callable[[NodeProcess], bool] | None = None,
     ready_timeout: float = 90.0,
+    address_space_mb: int | None = None,
 ) -> NodeProcess:
     n = next(_counter)
     var_dir = var_dir or tmp_path / f"node-var-{n}"
@@ -200,9 +202,18 @@ def start_node(
         full_env["X2X_NODE__RECEIVER_PROCESSES"] = str(receiver_processes)
     full_env.update(env or {})
     log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+
+    def limit_memory() -> None:
+        if address_space_mb is not None:
+            import resource
+
+            limit = address_space_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     proc = subprocess.Popen(
         [X2X, "-c", str(config_path), "serve"],
         stdout=log_file, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+        preexec_fn=limit_memory if address_space_mb is not None else None,
     )
     log_file.close()
     node = NodeProcess(port, api_port, var_dir, proc, config_path, log_path, full_env)

@@ -1,0 +1,247 @@
+"""Each edit in a child process under a memory limit, so that one job cannot take the worker or the host.
+
+Why a child process: an edit reads a sender's file, decodes its pixels and copies its elements into the
+outputs; whatever in those libraries grows without bound (issue 16: pydicom's exception re-wrapping
+reached 24.5 GB on a nested sequence) must end that job, not the worker (with the embedded worker: the
+whole node, SCP included) and not the machine. The child sets RLIMIT_DATA (heap and anonymous
+mappings: what an edit allocates; file mappings and a GPU driver's reserved address space are not
+counted, unlike RLIMIT_AS) to `queue.edit_memory_limit_mb` (0 = half the machine's memory) before it
+imports anything heavy. Allocations past it fail inside the child (MemoryError, or torch's "can't
+allocate memory"), the job fails with that reason and the child lives on; if the child dies anyway
+(a hard crash, the kernel's OOM killer) the job fails naming its exit, and the next edit starts a new one.
+
+One long-lived child per worker process (spawned, never forked: torch and CUDA do not survive a fork),
+loading the model once. Protocol over a pipe: run(EditInput, out_dir) -> "edited" (the parent moves
+the job to encoding, or says "stop" when it was cancelled) -> "done" (EditOutput) | "error" (text) |
+"fatal" (text; the child exits after it, giving its memory back: a memory error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dicom_node.config import Settings
+from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write
+
+log = logging.getLogger("x2x.jobs.sandbox")
+
+
+class EditProcessDied(EditFailed):
+    """The edit's child process ended without an answer."""
+
+
+class SandboxStopping(BaseException):  # noqa: N818 - not an error of the job: the worker is stopping
+    """The worker stops its edit process while an edit runs: the job is put back on the queue, not
+    failed (BaseException, so that no job-level handler records it as the job's error)."""
+
+
+class EditCancelled(Exception):
+    """`on_edited` refused (the job was cancelled): nothing was written."""
+
+
+def memory_limit_bytes(settings: Settings) -> int:
+    mb = settings.queue.edit_memory_limit_mb
+    if mb > 0:
+        return mb * 1024 * 1024
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc)
+
+
+def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    from dicom_node.context import resolve_model_path
+    from dicom_node.logs import setup_logging
+
+    setup_logging(settings.logging.level, settings.logging.json_format)
+    editor: Any = None
+    while True:
+        try:
+            if not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return  # the worker is gone
+                continue
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the worker closed the pipe: it is stopping
+        if message == "quit":
+            return
+        job, out_dir = message
+
+        def edited() -> None:
+            conn.send(("edited", None))
+            if conn.recv() != "encode":
+                raise EditCancelled()
+
+        try:
+            if editor is None:
+                from editor import Editor
+
+                editor = Editor.from_pretrained(resolve_model_path(settings), device=settings.model.device,
+                                                dtype=settings.model.dtype,
+                                                single_file_config=settings.model.single_file_config)
+            conn.send(("done", edit_and_write(editor, job, Path(out_dir), settings, edited)))
+        except EditCancelled:
+            conn.send(("stopped", None))
+        except Exception as exc:  # noqa: BLE001 - the job's error, reported to the worker
+            if not _is_memory_error(exc):
+                conn.send(("error", _error_text(exc)))
+                continue
+            conn.send(("fatal", f"the edit needed more memory than queue.edit_memory_limit_mb allows "
+                                f"({limit // 2**20} MB): {_error_text(exc)[:300]}"))
+            return  # a fresh process for the next edit gives the memory back
+
+
+class EditSandbox:
+    """The worker's edit child process (started on first use, restarted after it dies)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.limit = memory_limit_bytes(settings)
+        self._ctx = mp.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(
+            target=_child_main, args=(child, self.settings, self.limit, os.getpid()),
+            name="x2x-edit", daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        log.info("edit process %s started (memory limit %d MB)", self._proc.pid, self.limit // 2**20)
+
+    def _receive(self) -> tuple[str, Any]:
+        conn, proc = self._conn, self._proc  # stop() may clear them from another thread meanwhile
+        if conn is None or proc is None:
+            raise SandboxStopping()
+        while True:
+            if self._stopping:
+                raise SandboxStopping()
+            try:
+                if conn.poll(0.5):
+                    message: tuple[str, Any] = conn.recv()
+                    return message
+            except (EOFError, OSError, ValueError) as exc:  # closed by stop(), or the child's end
+                if self._stopping:
+                    raise SandboxStopping() from exc
+                self._shutdown()
+                raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
+            if not proc.is_alive() and not conn.poll(0):
+                code = proc.exitcode
+                self._shutdown()
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                raise EditProcessDied(
+                    f"the edit's process died ({how}) before finishing; memory limit "
+                    f"{self.limit // 2**20} MB (queue.edit_memory_limit_mb)"
+                )
+
+    def _send(self, conn: Any, message: Any) -> None:
+        try:
+            conn.send(message)
+        except (OSError, ValueError) as exc:
+            if self._stopping:
+                raise SandboxStopping() from exc
+            self._shutdown()
+            raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
+
+    def run(self, job: EditInput, out_dir: Path, on_edited: Callable[[], None]) -> EditOutput:
+        """Edit and write in the child. `on_edited` raising stops it (nothing written) and re-raises;
+        SandboxStopping when the worker stops this sandbox meanwhile."""
+        with self._lock:
+            if self._stopping:
+                raise SandboxStopping()
+            if self._proc is None or not self._proc.is_alive():
+                self._start()
+            try:
+                self._conn.send((job, str(out_dir)))
+            except OSError:  # it ended just now (after an earlier job): a new one
+                self._shutdown()
+                self._start()
+                self._conn.send((job, str(out_dir)))
+            conn, proc = self._conn, self._proc
+            while True:
+                kind, value = self._receive()
+                if kind == "edited":
+                    try:
+                        on_edited()
+                    except BaseException:
+                        self._send(conn, "stop")
+                        self._receive()
+                        raise
+                    self._send(conn, "encode")
+                elif kind == "done":
+                    return value  # type: ignore[no-any-return]
+                elif kind == "error":
+                    raise EditFailed(value)
+                elif kind == "fatal":  # the child ends after this answer (memory): wait for it
+                    proc.join(10)
+                    self._shutdown()
+                    raise EditFailed(value)
+                else:  # "stopped" without our asking: treat as an error
+                    raise EditFailed(f"edit process answered {kind!r}")
+
+    def stop(self) -> None:
+        """The worker is stopping: end the child (an edit in progress raises SandboxStopping in run())."""
+        self._stopping = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        proc, self._proc = self._proc, None
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send("quit")
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            self._conn = None
+        if proc is not None and proc.is_alive():
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+_sandboxes: dict[int, EditSandbox] = {}
+_sandboxes_lock = threading.Lock()
+
+
+def sandbox_for(settings: Settings) -> EditSandbox:
+    """This process's sandbox for these settings (one per process: Celery's prefork children each get one)."""
+    key = os.getpid()
+    with _sandboxes_lock:
+        box = _sandboxes.get(key)
+        if box is None or box.settings is not settings:
+            if box is not None:
+                box.stop()
+            box = _sandboxes[key] = EditSandbox(settings)
+        return box
+
+
+def stop_sandboxes() -> None:
+    with _sandboxes_lock:
+        boxes = list(_sandboxes.values())
+        _sandboxes.clear()
+    for box in boxes:
+        box.stop()
