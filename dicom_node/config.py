@@ -129,6 +129,22 @@ class QueueConfig(_Section):
     queue_name: str = Field("x2x", description="Celery queue the node's jobs go to")
 
 
+class WorkerConfig(_Section):
+    """Processes that edit (the embedded worker of `x2x serve`, `x2x worker`, `x2x batch`, `x2x edit`)."""
+
+    threads: int = Field(
+        0, ge=0, le=1024,
+        description="torch intra-op threads; 0 = auto: the cores this process may use (affinity, cgroup "
+        "quota) minus room for the SCP and API (1 core up to 8, 2 beyond)",
+    )
+    interop_threads: int = Field(1, ge=1, le=64, description="torch inter-op threads (one edit runs at a time)")
+    batch_size: int = Field(
+        1, ge=1, le=64,
+        description="most queued jobs with the same model, steps and guidance edited together "
+        "(Editor.edit_batch: one UNet call per step for all of them); 1 = one job at a time",
+    )
+
+
 class APIConfig(_Section):
     enabled: bool = Field(True, description="serve the REST API and dashboard from `x2x serve`")
     host: str = Field("127.0.0.1", description="API address (0.0.0.0 to serve beyond this machine)")
@@ -257,6 +273,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     api: APIConfig = Field(default_factory=APIConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
     rules: list[Rule] = Field(default_factory=list)

@@ -79,8 +79,10 @@ def batch(
 
     def load_editor():  # type: ignore[no-untyped-def]
         from dicom_node.context import resolve_model_path
+        from dicom_node.threads import configure_torch
         from editor import Editor
 
+        configure_torch(s.worker)
         path = model or resolve_model_path(s)
         return Editor.from_pretrained(path, device=s.model.device, dtype=s.model.dtype,
                                       single_file_config=s.model.single_file_config)

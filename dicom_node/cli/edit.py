@@ -38,6 +38,7 @@ def edit(
     from dicom_node.edit_params import InvalidEditParams, default_seed, job_key, resolve_params
     from dicom_node.results import is_dicom_file, write_outputs
     from dicom_node.results.outputs import EDIT_OUTPUTS
+    from dicom_node.threads import configure_torch
     from editor import (
         Editor,
         InstructionError,
@@ -76,6 +77,7 @@ def edit(
         raise typer.Exit(code=2) from exc
 
     model_path = model if model is not None else resolve_model_path(cfg)
+    configure_torch(cfg.worker)
     editor = Editor.from_pretrained(
         model_path,
         device=device or cfg.model.device,

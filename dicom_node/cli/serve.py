@@ -18,7 +18,9 @@ def serve() -> None:
     STOW-RS, metrics) and one embedded Celery worker."""
     from dicom_node.logs import setup_logging
     from dicom_node.node import NodeService
+    from dicom_node.threads import prepare_node_process
 
+    prepare_node_process()  # before receiver processes spawn and before torch loads (dicom_node/threads.py)
     s = settings()
     setup_logging(s.logging.level, s.logging.json_format)
     service = NodeService(node_context(s))

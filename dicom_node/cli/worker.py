@@ -22,7 +22,9 @@ def worker(
     """
     from dicom_node.jobs.worker import run_worker
     from dicom_node.logs import setup_logging
+    from dicom_node.threads import prepare_node_process
 
+    prepare_node_process()  # passive OpenMP waits before torch loads (dicom_node/threads.py)
     s = settings()
     setup_logging(s.logging.level, s.logging.json_format)
     run_worker(node_context(s), concurrency=concurrency, pool=pool, hostname=hostname)
