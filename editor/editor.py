@@ -9,72 +9,50 @@ relevance map's draws use a generator seeded from a value derived from `seed`.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from editor.composite import blend_stored, feather_alpha, native_mask
+from editor.composite import composite, native_mask
 from editor.instructions import ParsedInstruction, parse_instruction
-from editor.model import LoadedModel, load_model, make_generator
-from editor.relevance import relevance_map
-from editor.rse import encode_text, rse_denoise
-from editor.types import EditParams, EditResult, SourceImage
+from editor.model import LoadedModel, load_model
+from editor.model_grid import GridInput, ModelGridEdit, edit_model_grid_batch
+from editor.types import EditItem, EditParams, EditResult, SourceImage
 
 if TYPE_CHECKING:
     import torch
 
-
-def derived_seed(seed: int, stage: str) -> int:
-    """A stable 63-bit seed for one stage, derived from the user's seed (independent streams)."""
-    digest = hashlib.sha256(f"{int(seed)}:{stage}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    from editor.orientation import Orientation
+    from editor.preprocess import Preprocessed
+    from editor.regions import RegionPrior
 
 
 @dataclass
-class ModelGridEdit:
-    """What the diffusion part produced on the model grid (H, W) and the latent grid (h, w)."""
+class _Prepared:
+    """One item after everything that happens before the model (per image, outside the lock)."""
 
-    relevance_latent: np.ndarray  # (h, w) float32 [0, 1]
-    relevance: np.ndarray  # (H, W) float32 [0, 1], bilinear upsample of relevance_latent
-    guidance: np.ndarray  # (H, W) float32: prior * relevance
-    mask_latent: np.ndarray  # (h, w) bool (all True without RSE)
-    mask: np.ndarray  # (H, W) bool (all True without RSE)
-    image: np.ndarray | None  # (3, H, W) float32 [0, 1] decoded edit; None when the mask was empty
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-class _StageClock:
-    """Per-stage wall-clock seconds; synchronises CUDA so a stage's time is its own."""
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self._cuda:
-            import torch
-
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + (now - self._last)
-        self._last = now
+    image: SourceImage
+    parsed: ParsedInstruction
+    params: EditParams
+    pre: Preprocessed
+    orientation: Orientation
+    region_prior: RegionPrior
+    grid_input: GridInput
+    timings: dict[str, float]
+    prepare_s: float
 
 
-def _cleanup(mask: np.ndarray) -> np.ndarray:
-    """Drop isolated specks and fill pinholes (3x3 opening then closing)."""
-    from scipy import ndimage
+_PENDING: Any = None  # placeholder of a result not computed yet
 
-    structure = np.ones((3, 3), dtype=bool)
-    opened = ndimage.binary_opening(mask, structure=structure)
-    return np.asarray(ndimage.binary_closing(opened, structure=structure), dtype=bool)
+
+def _clip01(resampled: np.ndarray) -> np.ndarray:
+    """A resampled float32 map clipped to [0, 1] (one full-size copy, no second one for the dtype)."""
+    return np.asarray(np.clip(np.asarray(resampled, dtype=np.float32), 0.0, 1.0), dtype=np.float32)
 
 
 class Editor:
@@ -120,83 +98,9 @@ class Editor:
         params: EditParams,
         step_callback: Callable[[int], None] | None = None,
     ) -> ModelGridEdit:
-        """Relevance map, guidance mask, RSE denoising and decoding on the model grid."""
-        import torch
-        import torch.nn.functional as F
-
-        m = self.model
-        clock = _StageClock(m.device)
-        notes: list[str] = []
-        height, width = int(image.shape[-2]), int(image.shape[-1])
-        sf = m.scaling_factor
-        with torch.inference_mode():
-            # Encode: image conditioning = posterior mode (unscaled); the blended original = mode x sf;
-            # the relevance map's source latents = a seeded posterior sample x sf.
-            pixels = image.to(device=m.device, dtype=m.dtype)
-            posterior = m.vae.encode(pixels).latent_dist
-            image_latents = posterior.mode()
-            source_latents = image_latents * sf
-            relevance_gen = make_generator(m.device, derived_seed(seed, "relevance"))
-            sampled_latents = posterior.sample(generator=relevance_gen) * sf
-            embeddings = encode_text(m.tokenizer, m.text_encoder, [prompt, ""], m.device)
-            clock.lap("encode")
-
-            r_lat = relevance_map(
-                m.unet, self._scheduler(), source_latents=sampled_latents, image_latents=image_latents,
-                text_embeddings=embeddings, timestep=params.relevance_timestep,
-                samples=params.relevance_samples, generator=relevance_gen,
-            )
-            r_up = F.interpolate(torch.from_numpy(r_lat)[None, None], size=(height, width), mode="bilinear",
-                                 align_corners=False)[0, 0].clamp(0, 1).numpy()
-            clock.lap("relevance")
-
-            # Guidance G = prior x R at the latent and at the model grid; M = G >= tau.
-            prior = np.ascontiguousarray(prior, dtype=np.float32)
-            prior_lat = F.interpolate(torch.from_numpy(prior)[None, None], size=r_lat.shape, mode="area")[0, 0]
-            g_lat = prior_lat.numpy() * r_lat
-            g_px = (prior * r_up).astype(np.float32)
-            use_rse = params.rse and params.tau > 0
-            if use_rse:
-                m_lat = g_lat >= params.tau
-                m_px = g_px >= params.tau
-                if params.mask_cleanup:
-                    m_px = _cleanup(m_px) & (prior > 0)  # clean-up never leaves the prior
-            else:
-                m_lat = np.ones(r_lat.shape, dtype=bool)
-                m_px = np.ones((height, width), dtype=bool)
-                notes.append("RSE off: plain InstructPix2Pix (mask all ones); R and G recorded only")
-            clock.lap("guidance")
-
-            decoded: np.ndarray | None = None
-            if use_rse and not m_px.any():
-                notes.append(f"empty guidance mask at tau={params.tau}: no pixel edited, output = source")
-            else:
-                latent_mask = None
-                if use_rse:
-                    latent_mask = torch.from_numpy(m_lat.astype(np.float32))[None, None].to(m.device, m.dtype)
-                text, empty = embeddings[:1], embeddings[1:]
-                latents = rse_denoise(
-                    m.unet, self._scheduler(),
-                    prompt_embeds=torch.cat([text, empty, empty]),
-                    image_latents=image_latents,
-                    source_latents=source_latents,
-                    latent_mask=latent_mask,
-                    steps=params.steps,
-                    text_guidance=params.text_guidance,
-                    image_guidance=params.image_guidance,
-                    start=params.start,
-                    blend_timestep=params.blend_timestep,
-                    generator=make_generator(m.device, seed),
-                    step_callback=step_callback,
-                )
-                clock.lap("denoise")
-                out = m.vae.decode(latents / sf, return_dict=False)[0]
-                decoded = (out / 2 + 0.5).clamp(0, 1)[0].float().cpu().numpy()
-                clock.lap("decode")
-        return ModelGridEdit(
-            relevance_latent=r_lat, relevance=r_up.astype(np.float32), guidance=g_px,
-            mask_latent=m_lat, mask=m_px, image=decoded, timings=clock.timings, notes=notes,
-        )
+        """Relevance map, guidance mask, RSE denoising and decoding on the model grid (one image)."""
+        item = GridInput(image=image, prompt=prompt, prior=prior, seed=seed, params=params)
+        return edit_model_grid_batch(self.model, self._scheduler, [item], step_callback=step_callback)[0]
 
     def _scheduler(self) -> Any:
         """A fresh scheduler per use: schedulers keep per-run state."""
@@ -212,70 +116,123 @@ class Editor:
         seed: int,
         params: EditParams | None = None,
     ) -> EditResult:
+        result = self.edit_batch([EditItem(image, instruction, seed, params)])[0]
+        assert isinstance(result, EditResult)
+        return result
+
+    def edit_batch(
+        self, items: Sequence[EditItem], *, max_batch: int | None = None, return_exceptions: bool = False,
+        vae_batch: bool = False,
+    ) -> list[EditResult | Exception]:
+        """Edit several images, each exactly as `edit` would, running those that share a model grid shape
+        and `EditParams.batch_key()` through one UNet call per step (at most `max_batch` together).
+
+        Results come back in the order of `items`. With `return_exceptions`, an item that fails (its
+        instruction, preprocessing, prior or composite) gets its exception in its place and the others
+        go on; a failure of a shared model pass is the exception of every item of that batch.
+        `vae_batch`: one VAE pass for the whole batch too (see `edit_model_grid_batch`: more memory, a
+        little faster on a GPU).
+        """
+        prepared: list[_Prepared | Exception] = []
+        for item in items:
+            try:
+                prepared.append(self._prepare(item))
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                prepared.append(exc)
+        results: list[EditResult | Exception] = [p if isinstance(p, Exception) else _PENDING for p in prepared]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for k, p in enumerate(prepared):
+            if not isinstance(p, Exception):
+                groups.setdefault((p.params.batch_key(), tuple(p.grid_input.image.shape)), []).append(k)
+        limit = max(1, max_batch or len(items) or 1)
+        for members in groups.values():
+            for start in range(0, len(members), limit):
+                chunk = members[start : start + limit]
+                try:
+                    with self._lock:
+                        edits = edit_model_grid_batch(
+                            self.model, self._scheduler,
+                            [prepared[k].grid_input for k in chunk],  # type: ignore[union-attr]
+                            vae_batch=vae_batch,
+                        )
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    for k in chunk:
+                        results[k] = exc
+                    continue
+                for k, grid_edit in zip(chunk, edits, strict=True):
+                    try:
+                        results[k] = self._finish(prepared[k], grid_edit)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        if not return_exceptions:
+                            raise
+                        results[k] = exc
+        return results
+
+    def _prepare(self, item: EditItem) -> _Prepared:
+        """Parse, preprocess and build the region prior of one item (everything before the model)."""
         from editor.orientation import Orientation
         from editor.preprocess import preprocess
         from editor.regions import build_prior
 
-        params = params or EditParams()
+        params = item.params or EditParams()
+        instruction = item.instruction
         parsed = parse_instruction(instruction) if isinstance(instruction, str) else instruction
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        resolution = params.resolution or self.resolution
-        pre = preprocess(image, resolution)
+        pre = preprocess(item.image, params.resolution or self.resolution)
         timings["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        orientation = Orientation.from_source(image)
+        orientation = Orientation.from_source(item.image)
         region_prior = build_prior(
             pre.model_image, parsed, orientation, source=params.prior, paper_dir=params.paper_prior_dir,
             segmenter=self.segmenter,
         )
         timings["prior"] = time.perf_counter() - t0
+        grid_input = GridInput(image=pre.model_rgb_tensor(), prompt=parsed.canonical(), prior=region_prior.mask,
+                               seed=int(item.seed), params=params)
+        return _Prepared(item.image, parsed, params, pre, orientation, region_prior, grid_input, timings,
+                         time.perf_counter() - started)
 
-        prompt = parsed.canonical()
-        with self._lock:
-            grid_edit = self.edit_model_grid(
-                pre.model_rgb_tensor(), prompt, region_prior.mask, seed=seed, params=params
-            )
+    def _finish(self, p: _Prepared, grid_edit: ModelGridEdit) -> EditResult:
+        """Composite at native resolution and assemble the result with its provenance."""
+        image, params, parsed = p.image, p.params, p.parsed
+        timings = dict(p.timings)
         for stage in ("encode", "relevance", "denoise", "decode"):
             timings[stage] = grid_edit.timings.get(stage, 0.0)
         timings["relevance"] += grid_edit.timings.get("guidance", 0.0)
+        model_s = sum(grid_edit.timings.values())
 
         t0 = time.perf_counter()
-        grid = pre.grid
-        relevance = np.clip(grid.to_native(grid_edit.relevance, order="linear"), 0, 1).astype(np.float32)
-        guidance = np.clip(grid.to_native(grid_edit.guidance, order="linear"), 0, 1).astype(np.float32)
-        if grid_edit.image is None:
-            mask = np.zeros(image.shape, dtype=bool)
-            counterfactual = image.pixels.copy()
-        else:
-            mask = native_mask(grid_edit.mask, grid.to_native)
-            gray = grid_edit.image.mean(axis=0)  # the model's 3 channels -> one grey channel
-            edited = pre.mapping.to_stored(np.clip(grid.to_native(gray, order="linear"), 0, 1))
-            alpha = feather_alpha(mask, params.feather_px)
-            counterfactual = blend_stored(image.pixels, edited, alpha)
-        finding_masks = self._finding_masks(mask, parsed, region_prior.per_finding, grid)
+        native = composite_native(p, grid_edit)
+        relevance, guidance, mask = native.relevance, native.guidance, native.mask
+        counterfactual, finding_masks = native.counterfactual, native.finding_masks
         timings["composite"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = p.prepare_s + model_s + timings["composite"]
 
         m = self.model
         provenance: dict[str, Any] = {
-            "prompt": prompt,
-            "laterality": region_prior.laterality,
-            "orientation": orientation.provenance,
-            "regions": list(region_prior.regions),
-            "notes": list(region_prior.notes) + grid_edit.notes,
-            "display_mapping": pre.mapping.describe(),
-            "native_shape": list(grid.native_shape),
-            "model_shape": list(grid.model_shape),
+            "prompt": p.grid_input.prompt,
+            "laterality": p.region_prior.laterality,
+            "orientation": p.orientation.provenance,
+            "regions": list(p.region_prior.regions),
+            "notes": list(p.region_prior.notes) + grid_edit.notes,
+            "display_mapping": p.pre.mapping.describe(),
+            "native_shape": list(p.pre.grid.native_shape),
+            "model_shape": list(p.pre.grid.model_shape),
             "latent_shape": list(grid_edit.relevance_latent.shape),
             "rse_applied": bool(params.rse and params.tau > 0),
             "feather": f"inward ramp of {params.feather_px} px inside the mask; alpha = 0 outside it",
             "model_kind": m.kind,
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
+            "batch_size": grid_edit.batch_size,
             "sop_instance_uid": image.sop_instance_uid,
             "synthetic": True,
         }
@@ -287,26 +244,54 @@ class Editor:
             finding_masks=finding_masks,
             coverage=float(mask.mean()),
             instruction=parsed,
-            prior_source=region_prior.source,
-            seed=int(seed),
+            prior_source=p.region_prior.source,
+            seed=p.grid_input.seed,
             params=params,
             model_id=m.model_id,
             model_hash=m.weights_hash,
             timings={k: round(v, 6) for k, v in timings.items()},
             provenance=provenance,
-            source_display=pre.display_native,
+            source_display=p.pre.display_native,
         )
 
-    @staticmethod
-    def _finding_masks(
-        mask: np.ndarray, parsed: ParsedInstruction, per_finding: dict[str, np.ndarray], grid: Any
-    ) -> dict[str, np.ndarray]:
-        """M restricted to each finding's prior (> 0 after linear resampling, so the union is M)."""
-        out: dict[str, np.ndarray] = {}
-        for name in parsed.finding_names:
-            prior = per_finding.get(name)
-            if prior is None:
-                out[name] = mask.copy()
-            else:
-                out[name] = mask & (grid.to_native(np.asarray(prior, dtype=np.float32), order="linear") > 0)
-        return out
+
+@dataclass
+class NativeMaps:
+    """An edit's arrays on the source's native grid (what EditResult carries)."""
+
+    relevance: np.ndarray
+    guidance: np.ndarray
+    mask: np.ndarray
+    counterfactual: np.ndarray
+    finding_masks: dict[str, np.ndarray]
+
+
+def composite_native(p: _Prepared, grid_edit: ModelGridEdit) -> NativeMaps:
+    """Step 7: R, G and M back on the native grid, and the edit composited into the stored values."""
+    grid, image = p.pre.grid, p.image
+    relevance = _clip01(grid.to_native(grid_edit.relevance, order="linear"))
+    guidance = _clip01(grid.to_native(grid_edit.guidance, order="linear"))
+    if grid_edit.image is None:
+        mask = np.zeros(image.shape, dtype=bool)
+        counterfactual = image.pixels.copy()
+    else:
+        mask = native_mask(grid_edit.mask, grid.to_native)
+        gray = grid_edit.image.mean(axis=0)  # the model's 3 channels -> one grey channel
+        edited = grid.to_native(gray, order="linear")  # display values; mapped to stored inside M only
+        counterfactual = composite(image.pixels, edited, mask, p.params.feather_px, p.pre.mapping.to_stored)
+    finding_masks = _finding_masks(mask, p.parsed, p.region_prior.per_finding, grid)
+    return NativeMaps(relevance, guidance, mask, counterfactual, finding_masks)
+
+
+def _finding_masks(
+    mask: np.ndarray, parsed: ParsedInstruction, per_finding: dict[str, np.ndarray], grid: Any
+) -> dict[str, np.ndarray]:
+    """M restricted to each finding's prior (> 0 after linear resampling, so the union is M)."""
+    out: dict[str, np.ndarray] = {}
+    for name in parsed.finding_names:
+        prior = per_finding.get(name)
+        if prior is None:
+            out[name] = mask.copy()
+        else:
+            out[name] = mask & (grid.to_native(np.asarray(prior, dtype=np.float32), order="linear") > 0)
+    return out

@@ -6,6 +6,7 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.results.overlay import overlay_sc
@@ -27,9 +28,11 @@ FILE_NAMES = {kind: f"{kind}.dcm" for kind in KINDS}
 
 
 def encode_results(
-    source_ds: Dataset, result: EditResult, *, job_key: str, settings: Settings | None = None
+    source_ds: Dataset, result: EditResult, *, job_key: str, settings: Settings | None = None,
+    overlay: np.ndarray | None = None,
 ) -> dict[str, Dataset]:
-    """The five objects for `result`, keyed by kind (KINDS order). Deterministic UIDs from job_key."""
+    """The five objects for `result`, keyed by kind (KINDS order). Deterministic UIDs from job_key.
+    `overlay`: the overlay_rgb image, when the caller has it already."""
     root = settings.results.uid_root if settings is not None else None
     institution = settings.results.institution_name if settings is not None else None
 
@@ -56,7 +59,7 @@ def encode_results(
                 source_ds, result, frame_uid=uid("pmap.frame"), dimension_uid=uid("pmap.dimension"),
                 **common("pmap"),
             ),
-            "overlay": overlay_sc(source_ds, result, **common("overlay")),
+            "overlay": overlay_sc(source_ds, result, rgb=overlay, **common("overlay")),
         }
 
 
