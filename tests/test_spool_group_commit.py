@@ -42,7 +42,7 @@ def test_every_sync_waits_for_a_flush_that_started_after_it() -> None:
         assert any(start >= renamed and end <= returned for start, end in flushes), (renamed, returned, flushes)
     assert 1 <= len(flushes) < 16  # shared: fewer flushes than stores
     assert sync.flushes == len(flushes)
-    assert not sync._issued and not sync._synced  # nothing kept once idle
+    assert not sync._issued and not sync._synced and not sync._waiting  # nothing kept once idle
 
 
 def test_a_failed_flush_fails_only_its_caller_and_the_next_one_retries() -> None:

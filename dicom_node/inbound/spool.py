@@ -83,31 +83,41 @@ class FolderSync:
         self._issued: dict[Path, int] = {}  # tickets handed out per folder
         self._synced: dict[Path, int] = {}  # every ticket up to this one is durable
         self._busy: set[Path] = set()  # folders with a flush running
+        self._waiting: dict[Path, int] = {}  # callers inside sync() per folder
         self.flushes = 0  # fsyncs done (for benchmarks and tests)
 
     def sync(self, folder: Path) -> None:
         with self._cond:
             ticket = self._issued[folder] = self._issued.get(folder, 0) + 1
-            while self._synced.get(folder, 0) < ticket:
-                if folder in self._busy:  # a flush that may have started before our rename: wait it out
-                    self._cond.wait()
-                    continue
-                self._busy.add(folder)
-                covers = self._issued[folder]  # every ticket issued so far: their renames are done
-                self._cond.release()
-                flushed = False
-                try:
-                    self._fsync_dir(folder)
-                    flushed = True
-                finally:
-                    self._cond.acquire()
-                    self._busy.discard(folder)
-                    if flushed:
-                        self.flushes += 1
-                        self._synced[folder] = max(self._synced.get(folder, 0), covers)
-                    self._cond.notify_all()
-            if folder not in self._busy and self._synced.get(folder) == self._issued.get(folder):
-                del self._issued[folder], self._synced[folder]  # idle: forget it (bounded memory)
+            self._waiting[folder] = self._waiting.get(folder, 0) + 1
+            try:
+                while self._synced.get(folder, 0) < ticket:
+                    if folder in self._busy:  # a flush that may have started before our rename: wait it out
+                        self._cond.wait()
+                        continue
+                    self._flush(folder)
+            finally:
+                self._waiting[folder] -= 1
+                if not self._waiting[folder]:  # nobody left waiting on this folder: forget it
+                    del self._waiting[folder], self._issued[folder]
+                    self._synced.pop(folder, None)
+
+    def _flush(self, folder: Path) -> None:
+        """One fsync of `folder`, covering every ticket issued so far (called and returns holding _cond)."""
+        self._busy.add(folder)
+        covers = self._issued[folder]  # their renames are done
+        self._cond.release()
+        flushed = False
+        try:
+            self._fsync_dir(folder)
+            flushed = True
+        finally:
+            self._cond.acquire()
+            self._busy.discard(folder)
+            if flushed:
+                self.flushes += 1
+                self._synced[folder] = max(self._synced.get(folder, 0), covers)
+            self._cond.notify_all()
 
 
 class Spool:
