@@ -11,6 +11,7 @@ from dicom_node.cli import (  # noqa: F401  (imported to register their commands
     batch,
     bench_edit,
     bench_ingest,
+    bench_node,
     bench_stages,
     bench_threads,
     core,

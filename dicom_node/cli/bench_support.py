@@ -3,7 +3,7 @@ the chest CR, and a busy core.
 
 Orthanc is the reference PACS of the ingest benchmark: its stock Debian build (`/usr/sbin/Orthanc`),
 storage and index in a scratch folder, no plugins, otherwise its default settings, DICOM on 127.0.0.1.
-It stores every instance (file + SQLite index row) before answering."""
+It stores every instance (file + SQLite index row) before answering; TCP_NODELAY=1 as for dcmtk tools."""
 
 from __future__ import annotations
 
@@ -89,8 +89,9 @@ def orthanc(work: Path, name: str = "orthanc") -> Iterator[tuple[int, Path]]:
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - handed to the child
+    # Orthanc's DICOM server is dcmtk's: without TCP_NODELAY its C-STORE responses wait for Nagle.
     proc = subprocess.Popen([ORTHANC_BINARY, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=folder, start_new_session=True)
+                            cwd=folder, start_new_session=True, env=DCMTK_ENV)
     log.close()
     try:
         wait_echo(port, proc)

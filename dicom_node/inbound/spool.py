@@ -6,8 +6,9 @@ and whether it came over DIMSE or HTTP.
 
 A store is durable before it is acknowledged: write to a temp file in the target folder, fsync, rename
 atomically onto the final name, fsync the folder (one folder fsync serves every store that renamed into
-it before the fsync began: `FolderSync`, a group commit across concurrent associations). Any OSError (disk full, I/O error) removes the temp
-file and reports `OUT_OF_RESOURCES`; no partial `.dcm` is ever visible.
+it before the fsync began: `FolderSync`, a group commit across concurrent associations). Any OSError
+(disk full, I/O error) removes the temp file and reports `OUT_OF_RESOURCES`; no partial `.dcm` is
+ever visible.
 """
 
 from __future__ import annotations
