@@ -11,15 +11,11 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
     SecretStr,
-    Tag,
     ValidationError,
     create_model,
     field_validator,
@@ -27,103 +23,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dicom_node.config_base import ConfigError, _Section, check_ae_title
+from dicom_node.config_node import NodeConfig, TLSConfig
+from dicom_node.config_send import CStoreDestination, Destination, FolderDestination, SendConfig, StowDestination
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(Exception):
-    """An invalid configuration; the message is one line naming the key. `problems` holds one line per
-    problem found (the message is the first, with a count of the others)."""
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or [message]
-
-
-def check_ae_title(value: str) -> str:
-    """A DICOM AE title: 1-16 characters, no backslash, not only spaces (PS3.5 AE)."""
-    if not value.strip() or len(value) > 16 or "\\" in value:
-        raise ValueError("AE title must be 1-16 characters without backslash")
-    return value
-
-
-class _Section(BaseModel):
-    # A misspelt key must fail loudly, not be ignored.
-    model_config = ConfigDict(extra="forbid")
-
-
-class TLSConfig(_Section):
-    enabled: bool = Field(False, description="DICOM TLS on the SCP port")
-    cert_file: Path | None = Field(None, description="the node's certificate (PEM)")
-    key_file: Path | None = Field(None, description="the node's private key (PEM)")
-    ca_file: Path | None = Field(None, description="CA bundle that client certificates must chain to")
-    require_client_cert: bool = Field(False, description="reject associations without a valid client certificate")
-
-
-class NodeConfig(_Section):
-    """The DICOM SCP (C-STORE / C-ECHO)."""
-
-    ae_title: str = Field("X2X", description="the SCP's AE title (called-AE rules add more)")
-    host: str = Field("0.0.0.0", description="address the SCP listens on")
-    port: int = Field(11112, ge=1, le=65535, description="DICOM port")
-    # pynetdicom's default of 10 rejects the 11th concurrent sender: keep headroom.
-    max_associations: int = Field(
-        64, ge=1, description="concurrent associations accepted, in total across all receiver processes"
-    )
-    acse_timeout: float = Field(
-        30.0, gt=0, description="seconds from connect to an accepted association: a deadline for the whole "
-        "negotiation (a sender trickling its request is dropped), not a silence timer",
-    )
-    max_pending_associations: int = Field(
-        32, ge=1, description="connections still negotiating at once; one more drops the oldest of them, so "
-        "slow or silent connections cannot lock real senders out",
-    )
-    listen_backlog: int = Field(256, ge=1, description="connections the kernel queues before the SCP accepts them")
-    max_instance_mb: int = Field(
-        2048, ge=1, description="largest instance accepted (MB); larger ones are answered 0xA700 (C-STORE) "
-        "or FailureReason 0xA700 (STOW-RS) and never stored",
-    )
-    max_sequence_depth: int = Field(
-        32, ge=1, le=256, description="deepest sequence nesting accepted in a received data set; deeper ones "
-        "are refused (C-STORE 0xC212, STOW-RS FailureReason 0xC000)",
-    )
-    max_elements: int = Field(
-        200_000, ge=100, description="most data elements accepted in a received data set (nested ones included)"
-    )
-    spool_min_free_mb: int = Field(
-        256, ge=0, description="free space the spool keeps: below it instances are refused (0xA700) and "
-        "/readyz reports not ready",
-    )
-    dimse_timeout: float = Field(60.0, description="seconds to wait for a DIMSE message")
-    network_timeout: float = Field(60.0, description="seconds of network silence before aborting")
-    maximum_pdu_size: int = Field(
-        1024 * 1024, ge=0, description="largest PDU we accept (bytes); 0 = unlimited, which lets a sender put "
-        "a whole instance into one PDU, held in memory while it arrives",
-    )
-    allowed_calling_aes: list[str] = Field(default_factory=list, description="empty = accept any AE")
-    study_quiet_seconds: float = Field(
-        5.0, ge=0, description="a study is complete this long after its last instance (associations released)"
-    )
-    spool_fsync: bool = Field(
-        True,
-        description="fsync every instance (file + folder) before answering Success. false is UNSAFE "
-        "(a crash loses acknowledged instances): only for measuring software overhead in benchmarks",
-    )
-    receiver_processes: int = Field(
-        0, ge=0, description="SCP processes sharing the port (SO_REUSEPORT); 1 = in-process, 0 = auto"
-    )
-    scp_tuning: bool = Field(
-        True,
-        description="prompt reactor loops instead of pynetdicom's 1 ms polling (~4x the C-STORE rate); "
-        "false = stock pynetdicom",
-    )
-    unknown_called_ae: Literal["reject", "default"] = Field("reject", description="called AE title neither "
-        "ae_title nor a rule's: reject = A-ASSOCIATE-RJ (logged); default = as if sent to ae_title (warned)")
-    tls: TLSConfig = Field(default_factory=TLSConfig)
-
-    _ae_title = field_validator("ae_title")(check_ae_title)
 
 
 class PathsConfig(_Section):
@@ -186,6 +93,22 @@ class QueueConfig(_Section):
     edit_memory_limit_mb: int = Field(
         0, ge=0, description="memory an edit's child process may use (RLIMIT_DATA, MB); 0 = half of this "
         "machine's memory",
+    )
+
+
+class WorkerConfig(_Section):
+    """Processes that edit (the embedded worker of `x2x serve`, `x2x worker`, `x2x batch`, `x2x edit`)."""
+
+    threads: int = Field(
+        0, ge=0, le=1024,
+        description="torch intra-op threads; 0 = auto: the cores this process may use (affinity, cgroup "
+        "quota) minus room for the SCP and API (1 core up to 8, 2 beyond)",
+    )
+    interop_threads: int = Field(1, ge=1, le=64, description="torch inter-op threads (one edit runs at a time)")
+    batch_size: int = Field(
+        1, ge=1, le=64,
+        description="most queued jobs with the same model, steps and guidance edited together "
+        "(Editor.edit_batch: one UNet call per step for all of them); 1 = one job at a time",
     )
 
 
@@ -285,73 +208,6 @@ class RequestsConfig(_Section):
     )
 
 
-# Destinations: one typed table per type, so a missing or misspelt key fails when the config is loaded
-# (`x2x config check`, `x2x serve`), not hours later when the first job is sent.
-class CStoreDestination(_Section):
-    """`type = "cstore"`: a DICOM C-STORE SCP, e.g. the PACS."""
-
-    config_label: ClassVar[str] = "a cstore destination"
-    type: Literal["cstore"] = Field("cstore", description="cstore (the default when type is omitted)")
-    ae_title: str = Field(..., description="the receiver's AE title, e.g. ORTHANC")
-    host: str = Field(..., min_length=1, description="its host name or address")
-    port: int = Field(..., ge=1, le=65535, description="its DICOM port")
-
-    _ae_title = field_validator("ae_title")(check_ae_title)
-
-
-class StowDestination(_Section):
-    """`type = "stow"`: a DICOMweb STOW-RS service."""
-
-    config_label: ClassVar[str] = "a stow destination"
-    type: Literal["stow"] = Field(..., description="stow")
-    url: str = Field(..., description="DICOMweb root, e.g. http://pacs:8042/dicom-web (/studies is appended)")
-    username: str | None = Field(None, description="HTTP basic auth user")
-    password: SecretStr | None = Field(None, description="HTTP basic auth password")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")) or len(v) <= len("https://"):
-            raise ValueError("url must start with http:// or https://, e.g. http://pacs:8042/dicom-web")
-        return v
-
-
-class FolderDestination(_Section):
-    """`type = "folder"`: files written as <study>/<series>/<sop>.dcm under a folder."""
-
-    config_label: ClassVar[str] = "a folder destination"
-    type: Literal["folder"] = Field(..., description="folder")
-    path: Path = Field(..., description="folder the objects are written to (created when missing)")
-
-
-def _destination_type(value: Any) -> str:
-    """The union's tag; `type` may be omitted and then means cstore (as before the union)."""
-    found = value.get("type", "cstore") if isinstance(value, dict) else getattr(value, "type", "cstore")
-    return str(found)
-
-
-Destination = Annotated[
-    Union[
-        Annotated[CStoreDestination, Tag("cstore")],
-        Annotated[StowDestination, Tag("stow")],
-        Annotated[FolderDestination, Tag("folder")],
-    ],
-    Discriminator(_destination_type, custom_error_type="destination_type",
-                  custom_error_message="type must be 'cstore', 'stow' or 'folder'"),
-]
-
-
-class SendConfig(_Section):
-    default_destination: str | None = Field(None, description="name in [destinations] when no rule or peer applies")
-    max_attempts: int = Field(5, ge=1, description="send attempts before a job is dead-lettered")
-    backoff_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles each attempt")
-    backoff_max_seconds: float = Field(300.0, ge=0, description="longest retry delay")
-    peers: dict[str, str] = Field(
-        default_factory=dict,
-        description="calling AE title -> name in [destinations]: results go back to the sender's peer",
-    )
-
-
 class ResultsConfig(_Section):
     uid_root: str | None = Field(None, description="UID root of outputs; unset = 2.25.<int> from the job's key")
     institution_name: str | None = Field(None, description="written into Contributing Equipment")
@@ -382,6 +238,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     api: APIConfig = Field(default_factory=APIConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
     rules: list[Rule] = Field(default_factory=list)
@@ -480,3 +337,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError(lines[0] + more, lines) from exc
     finally:
         Settings._toml_data = {}
+
+
+# The sections that live in their own modules are part of this module's interface too.
+__all__ = [
+    "APIConfig", "CStoreDestination", "ConfigError", "DatabaseConfig", "Destination", "EditConfig",
+    "FolderDestination", "LoggingConfig", "ModelConfig", "NodeConfig", "PathsConfig", "QueueConfig",
+    "RequestsConfig", "ResultsConfig", "Rule", "SendConfig", "Settings", "StowDestination", "TLSConfig",
+    "WorkerConfig", "check_ae_title", "load_settings",
+]

@@ -75,8 +75,10 @@ class NodeContext:
         """Load the editor once (thread-safe); later calls return the same instance."""
         with self._lock:
             if self._editor is None:
+                from dicom_node.threads import configure_torch
                 from editor import Editor
 
+                configure_torch(self.settings.worker)  # before the model loads: thread pools sized once
                 self._editor = Editor.from_pretrained(
                     self.model_path,
                     device=self.settings.model.device,

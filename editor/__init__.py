@@ -15,12 +15,13 @@ from editor.model import ModelInfo, ModelLoadError, describe_model, disable_prog
 from editor.preprocess import DisplayMapping
 from editor.source import UnsupportedImageError, source_from_dataset, source_from_file
 from editor.tiny import init_tiny_model
-from editor.types import EditParams, EditResult, SourceImage
+from editor.types import EditItem, EditParams, EditResult, SourceImage
 from editor.vocabulary import FINDINGS, FindingInfo
 
 __all__ = [
     "FINDINGS",
     "DisplayMapping",
+    "EditItem",
     "EditParams",
     "EditResult",
     "Editor",

@@ -9,95 +9,56 @@ relevance map's draws use a generator seeded from a value derived from `seed`.
 The text encoder gets the instruction as written (whitespace normalised): the model was trained on the
 dataset's own sentences. The parse only drives the prior, laterality and validation. How the image is fed
 to the model (grid, intensity, dtype) is the model's input profile (editor/profiles.py); latents and
-relevance stay float32 whatever dtype the UNet runs in.
+relevance stay float32 whatever dtype the UNet runs in (editor/model_grid.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from editor.composite import blend_stored, feather_alpha, native_mask
+from editor.composite import composite, native_mask
 from editor.instructions import ParsedInstruction, normalise_whitespace, parse_instruction
-from editor.model import SCHEDULER_NAME, LoadedModel, load_model, make_generator
-from editor.relevance import relevance_map
-from editor.rse import encode_text, rse_denoise
-from editor.types import EditParams, EditResult, SourceImage
+from editor.model import SCHEDULER_NAME, LoadedModel, load_model
+from editor.model_grid import GridInput, ModelGridEdit, edit_model_grid_batch
+from editor.types import EditItem, EditParams, EditResult, SourceImage
 
 if TYPE_CHECKING:
     import torch
 
-
-def derived_seed(seed: int, stage: str) -> int:
-    """A stable 63-bit seed for one stage, derived from the user's seed (independent streams)."""
-    digest = hashlib.sha256(f"{int(seed)}:{stage}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    from editor.orientation import Orientation
+    from editor.preprocess import Preprocessed
+    from editor.regions import RegionPrior
 
 
 @dataclass
-class ModelGridEdit:
-    """What the diffusion part produced on the model grid (H, W) and the latent grid (h, w)."""
+class _Prepared:
+    """One item after everything that happens before the model (per image, outside the lock)."""
 
-    relevance_latent: np.ndarray  # (h, w) float32 [0, 1]
-    relevance: np.ndarray  # (H, W) float32 [0, 1], bilinear upsample of relevance_latent
-    guidance: np.ndarray  # (H, W) float32: prior * relevance
-    mask_latent: np.ndarray  # (h, w) bool (all True without RSE)
-    mask: np.ndarray  # (H, W) bool (all True without RSE)
-    image: np.ndarray | None  # (3, H, W) float32 [0, 1] decoded edit; None when the mask was empty
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    # How much of the region prior the relevance map took away (model grid): see `prior_vs_relevance`.
-    prior_stats: dict[str, Any] = field(default_factory=dict)
-
-
-def prior_vs_relevance(prior: np.ndarray, relevance: np.ndarray, mask: np.ndarray, tau: float) -> dict[str, Any]:
-    """How much of the prior the relevance map removed: the prior's area (prior >= tau), the share of
-    it where R >= tau, and the share of it the mask M = prior x R >= tau left out."""
-    region = np.asarray(prior) >= tau
-    area = int(region.sum())
-    if area == 0:
-        return {"tau": tau, "prior_pixels": 0, "relevance_at_least_tau": None, "removed_by_relevance": None}
-    kept = int((np.asarray(mask) & region).sum())
-    return {
-        "tau": tau,
-        "prior_pixels": area,
-        "relevance_at_least_tau": round(float((np.asarray(relevance)[region] >= tau).mean()), 6),
-        "removed_by_relevance": round(1.0 - kept / area, 6),
-    }
+    image: SourceImage
+    parsed: ParsedInstruction
+    prompt: str  # what the text encoder gets
+    params: EditParams
+    pre: Preprocessed
+    orientation: Orientation
+    region_prior: RegionPrior
+    grid_input: GridInput
+    timings: dict[str, float]
+    prepare_s: float
 
 
-class _StageClock:
-    """Per-stage wall-clock seconds; synchronises CUDA so a stage's time is its own."""
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self._cuda:
-            import torch
-
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + (now - self._last)
-        self._last = now
+_PENDING: Any = None  # placeholder of a result not computed yet
 
 
-def _cleanup(mask: np.ndarray) -> np.ndarray:
-    """Drop isolated specks and fill pinholes (3x3 opening then closing)."""
-    from scipy import ndimage
-
-    structure = np.ones((3, 3), dtype=bool)
-    opened = ndimage.binary_opening(mask, structure=structure)
-    return np.asarray(ndimage.binary_closing(opened, structure=structure), dtype=bool)
+def _clip01(resampled: np.ndarray) -> np.ndarray:
+    """A resampled float32 map clipped to [0, 1] (one full-size copy, no second one for the dtype)."""
+    return np.asarray(np.clip(np.asarray(resampled, dtype=np.float32), 0.0, 1.0), dtype=np.float32)
 
 
 class Editor:
@@ -143,86 +104,9 @@ class Editor:
         params: EditParams,
         step_callback: Callable[[int], None] | None = None,
     ) -> ModelGridEdit:
-        """Relevance map, guidance mask, RSE denoising and decoding on the model grid."""
-        import torch
-        import torch.nn.functional as F
-
-        m = self.model
-        clock = _StageClock(m.device)
-        notes: list[str] = []
-        height, width = int(image.shape[-2]), int(image.shape[-1])
-        sf = m.scaling_factor
-        with torch.inference_mode():
-            # Encode: image conditioning = posterior mode (unscaled); the blended original = mode x sf;
-            # the relevance map's source latents = a seeded posterior sample x sf. All float32 from here.
-            pixels = image.to(device=m.device, dtype=m.vae.dtype)
-            posterior = m.vae.encode(pixels).latent_dist
-            image_latents = posterior.mode().float()
-            source_latents = image_latents * sf
-            relevance_gen = make_generator(m.device, derived_seed(seed, "relevance"))
-            sampled_latents = posterior.sample(generator=relevance_gen).float() * sf
-            embeddings = encode_text(m.tokenizer, m.text_encoder, [prompt, ""], m.device)
-            clock.lap("encode")
-
-            r_lat = relevance_map(
-                m.unet, self._scheduler(), source_latents=sampled_latents, image_latents=image_latents,
-                text_embeddings=embeddings, timestep=params.relevance_timestep,
-                samples=params.relevance_samples, generator=relevance_gen,
-            )
-            r_up = F.interpolate(torch.from_numpy(r_lat)[None, None], size=(height, width), mode="bilinear",
-                                 align_corners=False)[0, 0].clamp(0, 1).numpy()
-            clock.lap("relevance")
-
-            # Guidance G = prior x R at the latent and at the model grid; M = G >= tau.
-            prior = np.ascontiguousarray(prior, dtype=np.float32)
-            prior_lat = F.interpolate(torch.from_numpy(prior)[None, None], size=r_lat.shape, mode="area")[0, 0]
-            g_lat = prior_lat.numpy() * r_lat
-            g_px = (prior * r_up).astype(np.float32)
-            use_rse = params.rse and params.tau > 0
-            if use_rse:
-                m_lat = g_lat >= params.tau
-                m_px = g_px >= params.tau
-                if params.mask_cleanup:
-                    m_px = _cleanup(m_px) & (prior > 0)  # clean-up never leaves the prior
-            else:
-                m_lat = np.ones(r_lat.shape, dtype=bool)
-                m_px = np.ones((height, width), dtype=bool)
-                notes.append("RSE off: plain InstructPix2Pix (mask all ones); R and G recorded only")
-            stats_tau = params.tau if params.tau > 0 else EditParams().tau  # without RSE: what it would do
-            prior_stats = prior_vs_relevance(prior, r_up, m_px if use_rse else g_px >= stats_tau, stats_tau)
-            clock.lap("guidance")
-
-            decoded: np.ndarray | None = None
-            if use_rse and not m_px.any():
-                notes.append(f"empty guidance mask at tau={params.tau}: no pixel edited, output = source")
-            else:
-                latent_mask = None
-                if use_rse:
-                    latent_mask = torch.from_numpy(m_lat.astype(np.float32))[None, None].to(m.device)
-                text, empty = embeddings[:1], embeddings[1:]
-                latents = rse_denoise(
-                    m.unet, self._scheduler(),
-                    prompt_embeds=torch.cat([text, empty, empty]),
-                    image_latents=image_latents,
-                    source_latents=source_latents,
-                    latent_mask=latent_mask,
-                    steps=params.steps,
-                    text_guidance=params.text_guidance,
-                    image_guidance=params.image_guidance,
-                    start=params.start,
-                    blend_timestep=params.blend_timestep,
-                    generator=make_generator(m.device, seed),
-                    step_callback=step_callback,
-                )
-                clock.lap("denoise")
-                out = m.vae.decode((latents / sf).to(m.vae.dtype), return_dict=False)[0]
-                decoded = (out / 2 + 0.5).clamp(0, 1)[0].float().cpu().numpy()
-                clock.lap("decode")
-        return ModelGridEdit(
-            relevance_latent=r_lat, relevance=r_up.astype(np.float32), guidance=g_px,
-            mask_latent=m_lat, mask=m_px, image=decoded, timings=clock.timings, notes=notes,
-            prior_stats=prior_stats,
-        )
+        """Relevance map, guidance mask, RSE denoising and decoding on the model grid (one image)."""
+        item = GridInput(image=image, prompt=prompt, prior=prior, seed=seed, params=params)
+        return edit_model_grid_batch(self.model, self._scheduler, [item], step_callback=step_callback)[0]
 
     def _scheduler(self) -> Any:
         """A fresh scheduler per use: schedulers keep per-run state."""
@@ -243,74 +127,123 @@ class Editor:
         gets it with whitespace normalised) or a ParsedInstruction (its `prompt`: the text it was parsed
         from, else its canonical sentence). `step_callback(i)` is called after DDIM step i (0-based) of
         `params.steps` -- for progress bars; it is not called when the mask is empty (no denoising)."""
+        result = self.edit_batch([EditItem(image, instruction, seed, params)], step_callback=step_callback)[0]
+        assert isinstance(result, EditResult)
+        return result
+
+    def edit_batch(
+        self, items: Sequence[EditItem], *, max_batch: int | None = None, return_exceptions: bool = False,
+        vae_batch: bool = False, step_callback: Callable[[int], None] | None = None,
+    ) -> list[EditResult | Exception]:
+        """Edit several images, each exactly as `edit` would, running those that share a model grid shape
+        and `EditParams.batch_key()` through one UNet call per step (at most `max_batch` together).
+
+        Results come back in the order of `items`. With `return_exceptions`, an item that fails (its
+        instruction, preprocessing, prior or composite) gets its exception in its place and the others
+        go on; a failure of a shared model pass is the exception of every item of that batch.
+        `vae_batch`: one VAE pass for the whole batch too (see `edit_model_grid_batch`: more memory, a
+        little faster on a GPU). `step_callback(i)`: after DDIM step i of each batch's loop.
+        """
+        prepared: list[_Prepared | Exception] = []
+        for item in items:
+            try:
+                prepared.append(self._prepare(item))
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                prepared.append(exc)
+        results: list[EditResult | Exception] = [p if isinstance(p, Exception) else _PENDING for p in prepared]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for k, p in enumerate(prepared):
+            if not isinstance(p, Exception):
+                groups.setdefault((p.params.batch_key(), tuple(p.grid_input.image.shape)), []).append(k)
+        limit = max(1, max_batch or len(items) or 1)
+        for members in groups.values():
+            for start in range(0, len(members), limit):
+                chunk = members[start : start + limit]
+                try:
+                    with self._lock:
+                        edits = edit_model_grid_batch(
+                            self.model, self._scheduler,
+                            [prepared[k].grid_input for k in chunk],  # type: ignore[union-attr]
+                            vae_batch=vae_batch, step_callback=step_callback,
+                        )
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    for k in chunk:
+                        results[k] = exc
+                    continue
+                for k, grid_edit in zip(chunk, edits, strict=True):
+                    try:
+                        results[k] = self._finish(prepared[k], grid_edit)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        if not return_exceptions:
+                            raise
+                        results[k] = exc
+        return results
+
+    def _prepare(self, item: EditItem) -> _Prepared:
+        """Parse, preprocess and build the region prior of one item (everything before the model)."""
         from editor.orientation import Orientation
         from editor.preprocess import preprocess
         from editor.regions import build_prior
 
-        params = params or EditParams()
+        params = item.params or EditParams()
+        instruction = item.instruction
         if isinstance(instruction, str):
-            parsed = parse_instruction(instruction)
-            prompt = normalise_whitespace(instruction)
+            parsed, prompt = parse_instruction(instruction), normalise_whitespace(instruction)
         else:
             parsed, prompt = instruction, instruction.prompt
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        resolution = params.resolution or self.resolution
-        profile = self.model.profile
-        pre = preprocess(image, resolution, profile)
+        pre = preprocess(item.image, params.resolution or self.resolution, self.model.profile)
         timings["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        orientation = Orientation.from_source(image)
+        orientation = Orientation.from_source(item.image)
         anatomy_image = pre.anatomy_image if pre.anatomy_image is not None else pre.model_image
         region_prior = build_prior(
             anatomy_image, parsed, orientation, source=params.prior, paper_dir=params.paper_prior_dir,
             segmenter=self.segmenter,
         )
         timings["prior"] = time.perf_counter() - t0
+        grid_input = GridInput(image=pre.model_rgb_tensor(), prompt=prompt, prior=region_prior.mask,
+                               seed=int(item.seed), params=params)
+        return _Prepared(item.image, parsed, prompt, params, pre, orientation, region_prior, grid_input, timings,
+                         time.perf_counter() - started)
 
-        with self._lock:
-            grid_edit = self.edit_model_grid(
-                pre.model_rgb_tensor(), prompt, region_prior.mask, seed=seed, params=params,
-                step_callback=step_callback,
-            )
+    def _finish(self, p: _Prepared, grid_edit: ModelGridEdit) -> EditResult:
+        """Composite at native resolution and assemble the result with its provenance."""
+        image, params, parsed = p.image, p.params, p.parsed
+        timings = dict(p.timings)
         for stage in ("encode", "relevance", "denoise", "decode"):
             timings[stage] = grid_edit.timings.get(stage, 0.0)
         timings["relevance"] += grid_edit.timings.get("guidance", 0.0)
+        model_s = sum(grid_edit.timings.values())
 
         t0 = time.perf_counter()
-        grid = pre.grid
-        relevance = np.clip(grid.to_native(grid_edit.relevance, order="linear"), 0, 1).astype(np.float32)
-        guidance = np.clip(grid.to_native(grid_edit.guidance, order="linear"), 0, 1).astype(np.float32)
-        if grid_edit.image is None:
-            mask = np.zeros(image.shape, dtype=bool)
-            counterfactual = image.pixels.copy()
-        else:
-            mask = native_mask(grid_edit.mask, grid.to_native)
-            gray = grid_edit.image.mean(axis=0)  # the model's 3 channels -> one grey channel
-            # The exact way back: inverse resize, inverse intensity curve, inverse display mapping.
-            edited = pre.mapping.to_stored(pre.to_display(gray))
-            alpha = feather_alpha(mask, params.feather_px)
-            counterfactual = blend_stored(image.pixels, edited, alpha)
-        finding_masks = self._finding_masks(mask, parsed, region_prior.per_finding, grid)
+        native = composite_native(p, grid_edit)
+        relevance, guidance, mask = native.relevance, native.guidance, native.mask
+        counterfactual, finding_masks = native.counterfactual, native.finding_masks
         timings["composite"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = p.prepare_s + model_s + timings["composite"]
 
         m = self.model
         provenance: dict[str, Any] = {
-            "prompt": prompt,
-            "input_profile": pre.describe(),
-            "laterality": region_prior.laterality,
-            "orientation": orientation.provenance,
-            "regions": list(region_prior.regions),
-            "broad_field": list(region_prior.broad_field),
+            "prompt": p.prompt,
+            "input_profile": p.pre.describe(),
+            "laterality": p.region_prior.laterality,
+            "orientation": p.orientation.provenance,
+            "regions": list(p.region_prior.regions),
+            "broad_field": list(p.region_prior.broad_field),
             "prior_vs_relevance": grid_edit.prior_stats,
-            "notes": list(region_prior.notes) + grid_edit.notes,
-            "display_mapping": pre.mapping.describe(),
-            "native_shape": list(grid.native_shape),
-            "model_shape": list(grid.model_shape),
+            "notes": list(p.region_prior.notes) + grid_edit.notes,
+            "display_mapping": p.pre.mapping.describe(),
+            "native_shape": list(p.pre.grid.native_shape),
+            "model_shape": list(p.pre.grid.model_shape),
             "latent_shape": list(grid_edit.relevance_latent.shape),
             "rse_applied": bool(params.rse and params.tau > 0),
             "feather": f"inward ramp of {params.feather_px} px inside the mask; alpha = 0 outside it",
@@ -322,6 +255,7 @@ class Editor:
             "scheduler": {"name": SCHEDULER_NAME,
                           "prediction_type": str(m.scheduler.config.prediction_type),
                           "folder_differences": list(m.scheduler_notes)},
+            "batch_size": grid_edit.batch_size,
             "sop_instance_uid": image.sop_instance_uid,
             "synthetic": True,
         }
@@ -333,27 +267,57 @@ class Editor:
             finding_masks=finding_masks,
             coverage=float(mask.mean()),
             instruction=parsed,
-            prompt=prompt,
-            prior_source=region_prior.source,
-            seed=int(seed),
+            prompt=p.prompt,
+            prior_source=p.region_prior.source,
+            seed=p.grid_input.seed,
             params=params,
             model_id=m.model_id,
             model_hash=m.weights_hash,
             timings={k: round(v, 6) for k, v in timings.items()},
             provenance=provenance,
-            source_display=pre.display_native,
+            source_display=p.pre.display_native,
         )
 
-    @staticmethod
-    def _finding_masks(
-        mask: np.ndarray, parsed: ParsedInstruction, per_finding: dict[str, np.ndarray], grid: Any
-    ) -> dict[str, np.ndarray]:
-        """M restricted to each finding's prior (> 0 after linear resampling, so the union is M)."""
-        out: dict[str, np.ndarray] = {}
-        for name in parsed.finding_names:
-            prior = per_finding.get(name)
-            if prior is None:
-                out[name] = mask.copy()
-            else:
-                out[name] = mask & (grid.to_native(np.asarray(prior, dtype=np.float32), order="linear") > 0)
-        return out
+
+@dataclass
+class NativeMaps:
+    """An edit's arrays on the source's native grid (what EditResult carries)."""
+
+    relevance: np.ndarray
+    guidance: np.ndarray
+    mask: np.ndarray
+    counterfactual: np.ndarray
+    finding_masks: dict[str, np.ndarray]
+
+
+def composite_native(p: _Prepared, grid_edit: ModelGridEdit) -> NativeMaps:
+    """Step 7: R, G and M back on the native grid, and the edit composited into the stored values."""
+    grid, image = p.pre.grid, p.image
+    relevance = _clip01(grid.to_native(grid_edit.relevance, order="linear"))
+    guidance = _clip01(grid.to_native(grid_edit.guidance, order="linear"))
+    if grid_edit.image is None:
+        mask = np.zeros(image.shape, dtype=bool)
+        counterfactual = image.pixels.copy()
+    else:
+        mask = native_mask(grid_edit.mask, grid.to_native)
+        gray = grid_edit.image.mean(axis=0)  # the model's 3 channels -> one grey channel
+        # The exact way back: inverse resize, inverse intensity curve (display values), then the inverse
+        # display mapping -- inside M only (composite).
+        edited = p.pre.to_display(gray)
+        counterfactual = composite(image.pixels, edited, mask, p.params.feather_px, p.pre.mapping.to_stored)
+    finding_masks = _finding_masks(mask, p.parsed, p.region_prior.per_finding, grid)
+    return NativeMaps(relevance, guidance, mask, counterfactual, finding_masks)
+
+
+def _finding_masks(
+    mask: np.ndarray, parsed: ParsedInstruction, per_finding: dict[str, np.ndarray], grid: Any
+) -> dict[str, np.ndarray]:
+    """M restricted to each finding's prior (> 0 after linear resampling, so the union is M)."""
+    out: dict[str, np.ndarray] = {}
+    for name in parsed.finding_names:
+        prior = per_finding.get(name)
+        if prior is None:
+            out[name] = mask.copy()
+        else:
+            out[name] = mask & (grid.to_native(np.asarray(prior, dtype=np.float32), order="linear") > 0)
+    return out

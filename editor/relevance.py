@@ -43,24 +43,46 @@ def relevance_map(
     generator: torch.Generator,
 ) -> np.ndarray:
     """Latent-grid relevance map (h, w), float32 in [0, 1]."""
+    return relevance_maps(unet, scheduler, source_latents=source_latents, image_latents=image_latents,
+                          text_embeddings=text_embeddings, timestep=timestep, samples=samples,
+                          generators=[generator])[0]
+
+
+def relevance_maps(
+    unet: Any,
+    scheduler: Any,
+    *,
+    source_latents: torch.Tensor,  # (B, 4, h, w): VAE posterior samples x scaling factor
+    image_latents: torch.Tensor,  # (B, 4, h, w): VAE mode, unscaled (the IP2P image conditioning)
+    text_embeddings: torch.Tensor,  # (2B, L, D): [instruction_1 .. instruction_B, empty prompt x B]
+    timestep: int,
+    samples: int,
+    generators: list[torch.Generator],  # one per image: its noise draws are its own, as alone
+) -> list[np.ndarray]:
+    """Latent-grid relevance maps of a batch, one UNet call of 2B per noise draw; float32 in [0, 1]."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
     from editor.rse import predict_noise
 
-    source_latents = source_latents.float()
+    batch = int(source_latents.shape[0])
+    if len(generators) != batch or int(text_embeddings.shape[0]) != 2 * batch:
+        raise ValueError(f"relevance batch of {batch}: {len(generators)} generator(s), "
+                         f"{int(text_embeddings.shape[0])} embedding(s)")
+    source_latents = source_latents.float()  # the noise and the map in float32, whatever the UNet's dtype
     t = torch.tensor([int(timestep)], device=source_latents.device, dtype=torch.long)
     image_pair = torch.cat([image_latents, image_latents]).float()
-    maps = []
+    maps: list[list[np.ndarray]] = [[] for _ in range(batch)]
     with torch.inference_mode():
         for _ in range(max(1, int(samples))):
-            noise = randn_tensor(source_latents.shape, generator=generator, device=source_latents.device,
-                                 dtype=source_latents.dtype)
+            noise = randn_tensor(source_latents.shape, generator=generators if batch > 1 else generators[0],
+                                 device=source_latents.device, dtype=source_latents.dtype)
             noisy = scheduler.add_noise(source_latents, noise, t)
             model_input = scheduler.scale_model_input(torch.cat([noisy, noisy]), t)
             model_input = torch.cat([model_input, image_pair], dim=1)
             eps = predict_noise(unet, model_input, t, text_embeddings)
             eps_text, eps_image = eps.chunk(2)
-            raw = (eps_text - eps_image).abs().sum(dim=1)[0]
-            maps.append(raw.cpu().numpy())
-    return normalise_relevance(np.mean(maps, axis=0))
+            raw = (eps_text - eps_image).abs().sum(dim=1).cpu().numpy()
+            for k in range(batch):
+                maps[k].append(raw[k])
+    return [normalise_relevance(np.mean(draws, axis=0)) for draws in maps]

@@ -46,19 +46,23 @@ def rse_denoise(
     unet: Any,
     scheduler: Any,
     *,
-    prompt_embeds: torch.Tensor,  # (3, L, D): [instruction, "", ""]
-    image_latents: torch.Tensor,  # (1, 4, h, w): VAE mode, unscaled
-    source_latents: torch.Tensor,  # (1, 4, h, w): VAE mode x scaling factor (the clean original)
-    latent_mask: torch.Tensor | None,  # (1, 1, h, w) float 1 = edit, 0 = keep; None = plain IP2P
+    prompt_embeds: torch.Tensor,  # (3B, L, D): [instructions (B), "" (B), "" (B)]
+    image_latents: torch.Tensor,  # (B, 4, h, w): VAE mode, unscaled
+    source_latents: torch.Tensor,  # (B, 4, h, w): VAE mode x scaling factor (the clean original)
+    latent_mask: torch.Tensor | None,  # (B, 1, h, w) float 1 = edit, 0 = keep; None = plain IP2P
     steps: int,
     text_guidance: float,
     image_guidance: float,
     start: Literal["source", "noise"],
     blend_timestep: Literal["current", "next"],
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],  # a list: one per image (B > 1), drawn as alone
     step_callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Run the DDIM loop; return the final latents (float32, scaled, ready for `vae.decode(lat / sf)`)."""
+    """Run the DDIM loop; return the final latents (float32, scaled, ready for `vae.decode(lat / sf)`).
+
+    A batch of B images runs one UNet call of 3B per step; every operation is per image (the
+    guidance combination, the DDIM step and the blend are elementwise), so each image follows the
+    same trajectory as alone."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -66,7 +70,8 @@ def rse_denoise(
     scheduler.set_timesteps(steps, device=image_latents.device)
     timesteps = scheduler.timesteps
 
-    # 2. Image conditioning for the 3-way batch: [image, image, zeros] (text / image / unconditional).
+    # 2. Image conditioning for the 3-way batch: [image, image, zeros] (text / image / unconditional),
+    #    each part B images long.
     image_latents = image_latents.float()
     source_latents = source_latents.float()
     image_cond = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])

@@ -102,6 +102,16 @@ class EditParams:
     def replace(self, **changes: Any) -> EditParams:
         return dataclasses.replace(self, **changes)
 
+    def batch_key(self) -> tuple[Any, ...]:
+        """What edits must share to run through one UNet call per step (`Editor.edit_batch`). The rest
+        (tau, RSE on/off, prior, clean-up, feathering) and the seed stay per image."""
+        return tuple(getattr(self, name) for name in BATCH_KEY_FIELDS)
+
+
+# EditParams fields that shape the shared denoising loop and the shared relevance pass.
+BATCH_KEY_FIELDS = ("steps", "text_guidance", "image_guidance", "relevance_timestep", "relevance_samples",
+                    "start", "blend_timestep", "resolution")
+
 
 @functools.lru_cache(maxsize=1)
 def _choices() -> dict[str, tuple[Any, ...]]:
@@ -128,6 +138,16 @@ def _check(f: dataclasses.Field[Any], value: Any) -> str | None:
     if "multiple_of" in bounds and value % bounds["multiple_of"]:
         return f"{f.name} must be a multiple of {bounds['multiple_of']:g}, got {value!r}"
     return None
+
+
+@dataclass(frozen=True)
+class EditItem:
+    """One edit of a batch (`Editor.edit_batch`): the arguments of `Editor.edit`."""
+
+    image: SourceImage
+    instruction: str | ParsedInstruction
+    seed: int
+    params: EditParams | None = None
 
 
 @dataclass

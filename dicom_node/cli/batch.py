@@ -195,9 +195,11 @@ def batch(
 def _editor_loader(s: Any, model: Path | None) -> Any:
     def load():  # type: ignore[no-untyped-def]
         from dicom_node.context import resolve_model_path
+        from dicom_node.threads import configure_torch
         from editor import Editor, disable_progress_bars
 
         disable_progress_bars()  # the batch's own progress bar is the one to read
+        configure_torch(s.worker)
         path = model or resolve_model_path(s)
         return Editor.from_pretrained(path, device=s.model.device, dtype=s.model.dtype,
                                       single_file_config=s.model.single_file_config)

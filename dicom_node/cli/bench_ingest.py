@@ -1,9 +1,11 @@
-"""`x2x bench ingest`: C-STORE ingest rate of `x2x serve` against dcmtk's storescp, same data, same run.
+"""`x2x bench ingest`: C-STORE ingest rate of `x2x serve` against Orthanc and dcmtk's storescp, same data,
+same run.
 
-Both receivers get the same N instances (~1 MB each, made from pydicom-data's chest CR with new UIDs)
+Every receiver gets the same N instances (~1 MB each, made from pydicom-data's chest CR with new UIDs)
 from dcmtk `storescu` (TCP_NODELAY=1, as every dcmtk tool here): once over one association, once split
-over 8 concurrent associations (dcmtk side: `storescp --fork`). Our node fsyncs every instance before
-answering (durable spool); storescp does not fsync. Prints JSON with instances/s and ratios ours/dcmtk.
+over 8 concurrent associations (dcmtk side: `storescp --fork`), in interleaved rounds. Our node fsyncs
+every instance before answering (durable spool); Orthanc and storescp do not fsync. Prints JSON with
+instances/s and ratios.
 """
 
 from __future__ import annotations
@@ -12,39 +14,22 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from dicom_node.cli.apps import bench_app
+from dicom_node.cli.bench_support import DCMTK_ENV, chest_cr_path, dcmtk, free_port, orthanc, stop_process, wait_echo
 from dicom_node.cli.errors import fail
 
-_ENV = dict(os.environ, TCP_NODELAY="1")
-
-
-def dcmtk(tool: str) -> str:
-    """Path of dcmtk's `tool`. pynetdicom installs apps with the same names (storescu, storescp,
-    echoscu) into this Python environment's scripts folder, first on PATH in an activated venv, and
-    they take other options: skip that folder."""
-    own_scripts = str(Path(sys.executable).parent)
-    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d != own_scripts)
-    path = shutil.which(tool, path=search)
-    if path is None:
-        raise FileNotFoundError(f"{tool} (dcmtk) is required for this benchmark")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_ENV = DCMTK_ENV
 
 
 def make_instances(out_dir: Path, count: int, target_bytes: int = 1_000_000) -> list[Path]:
@@ -52,10 +37,9 @@ def make_instances(out_dir: Path, count: int, target_bytes: int = 1_000_000) -> 
     import math
 
     import pydicom
-    from data_store import data as data_pkg  # type: ignore[import-not-found]
     from pydicom.uid import generate_uid
 
-    src = pydicom.dcmread(Path(data_pkg.__path__[0]) / "RG1_UNCR.dcm")
+    src = pydicom.dcmread(chest_cr_path())
     side = int(math.sqrt(target_bytes / (src.BitsAllocated // 8)))
     pixels = src.pixel_array[:side, :side].copy()
     src.Rows, src.Columns = pixels.shape
@@ -73,21 +57,8 @@ def make_instances(out_dir: Path, count: int, target_bytes: int = 1_000_000) -> 
     return files
 
 
-# The node's default AE title (it refuses unknown called AE titles); storescp accepts any.
+# The node's default AE title (it refuses unknown called AE titles); storescp and Orthanc accept any.
 CALLED_AE = "X2X"
-
-
-def _wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    echoscu = dcmtk("echoscu")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"receiver exited with {proc.returncode} before answering C-ECHO")
-        r = subprocess.run([echoscu, "-aec", CALLED_AE, "127.0.0.1", str(port)], env=_ENV, capture_output=True)
-        if r.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("receiver did not answer C-ECHO in time")
 
 
 def _send(port: int, files: list[Path], concurrency: int) -> float:
@@ -106,30 +77,19 @@ def _send(port: int, files: list[Path], concurrency: int) -> float:
     return seconds
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 @contextlib.contextmanager
-def _storescp(work: Path, fork: bool) -> Iterator[tuple[int, Path]]:
-    out = work / f"storescp-{'fork' if fork else 'single'}"
+def _storescp(work: Path, fork: bool, name: str) -> Iterator[tuple[int, Path]]:
+    out = work / f"storescp-{name}"
     out.mkdir()
-    port = _free_port()
+    port = free_port()
     cmd = [dcmtk("storescp"), *(["--fork"] if fork else []), "-od", str(out), str(port)]
     proc = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        _wait_echo(port, proc)
+        wait_echo(port, proc)
         yield port, out
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -137,9 +97,9 @@ def _x2x(work: Path, name: str, receiver_processes: int | None, fsync: bool = Tr
          ) -> Iterator[tuple[int, Path]]:
     var = work / f"x2x-{name}"
     var.mkdir()
-    port = _free_port()
+    port = free_port()
     env = dict(_ENV, X2X_NODE__HOST="127.0.0.1", X2X_NODE__PORT=str(port), X2X_PATHS__VAR_DIR=str(var),
-               X2X_API__ENABLED="false", X2X_API__PORT=str(_free_port()),
+               X2X_API__ENABLED="false", X2X_API__PORT=str(free_port()),
                X2X_NODE__STUDY_QUIET_SECONDS="3600")  # no study processing during the measurement
     if not fsync:
         env["X2X_NODE__SPOOL_FSYNC"] = "false"
@@ -151,10 +111,10 @@ def _x2x(work: Path, name: str, receiver_processes: int | None, fsync: bool = Tr
                             start_new_session=True)
     log.close()
     try:
-        _wait_echo(port, proc)
+        wait_echo(port, proc)
         yield port, var / "spool"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _fsync_cost_ms(folder: Path, n: int = 20) -> float:
@@ -175,42 +135,84 @@ def _count(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def run_bench(count: int, concurrency: int, workdir: Path, receiver_processes: int | None) -> dict:
+def _count_orthanc(storage: Path) -> int:
+    return sum(1 for p in storage.glob("*/*/*") if p.is_file())  # <storage>/ab/cd/<uuid>; the index sits above
+
+
+RECEIVERS = ("dcmtk_storescp", "orthanc", "x2x", "x2x_no_fsync")
+
+
+def _receive_once(receiver: str, work: Path, name: str, files: list[Path], associations: int,
+                  receiver_processes: int | None) -> float:
+    """Instances/s of one fresh receiver for `files` over `associations` concurrent associations."""
+    count: Callable[[Path], int] = _count
+    if receiver == "dcmtk_storescp":
+        cm = _storescp(work, associations > 1, name)
+    elif receiver == "orthanc":
+        cm, count = orthanc(work, f"orthanc-{name}"), _count_orthanc
+    else:
+        cm = _x2x(work, name, receiver_processes, fsync=receiver == "x2x")
+    with cm as (port, out):
+        seconds = _send(port, files, associations)
+        deadline = time.monotonic() + 30  # a receiver may index the last instances just after the reply
+        while (received := count(out)) < len(files) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if received != len(files):
+        raise RuntimeError(f"{receiver} stored {received} of {len(files)}")
+    return len(files) / seconds
+
+
+def _stats(rates: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(rates), 1), "best": round(max(rates), 1)}
+
+
+def run_bench(count: int, concurrency: int, workdir: Path, receiver_processes: int | None, rounds: int = 3,
+              receivers: tuple[str, ...] = RECEIVERS) -> dict:
     from dicom_node.config import load_settings
     from dicom_node.node import receiver_process_count
 
     files = make_instances(workdir / "instances", count)
-    size = files[0].stat().st_size
+    modes = {"one_association": 1, f"{concurrency}_associations": concurrency}
+    samples: dict[str, dict[str, list[float]]] = {m: {r: [] for r in receivers} for m in modes}
+    for round_no in range(rounds):  # interleaved: every receiver and mode once per round
+        for mode, associations in modes.items():
+            for receiver in receivers:
+                rate = _receive_once(receiver, workdir, f"{round_no}-{mode}-{receiver}", files, associations,
+                                     receiver_processes)
+                samples[mode][receiver].append(rate)
     result: dict = {
         "instances": count,
-        "instance_bytes": size,
+        "instance_bytes": files[0].stat().st_size,
         "concurrency": concurrency,
+        "rounds": rounds,
         "x2x_receiver_processes": receiver_processes or receiver_process_count(load_settings(None)),
         "cpus": os.cpu_count(),
-        "notes": "x2x (default, durable) fsyncs each instance (file + folder) before Success; storescp "
-                 "does not fsync. x2x_no_fsync = node.spool_fsync=false (UNSAFE, same durability as "
-                 "storescp): the software overhead alone. Sender: dcmtk storescu -R, TCP_NODELAY=1.",
+        "load_average_at_end": list(os.getloadavg()),
+        "notes": "instances/s, median and best of interleaved rounds, a fresh receiver each time. x2x (default, "
+                 "durable) fsyncs each instance before Success (concurrent instances share one flush); "
+                 "Orthanc (stock settings, the reference PACS) stores file + index before answering, without "
+                 "fsync; storescp neither (`--fork` for N associations). x2x_no_fsync = node.spool_fsync="
+                 "false (UNSAFE): the software overhead alone. Sender: dcmtk storescu -R, TCP_NODELAY=1.",
         "fsync_1mb_ms": _fsync_cost_ms(workdir),
+        "targets": {f"x2x_{concurrency}_over_x2x_one": 1.5, "x2x_over_orthanc": 1.0},
     }
-    for mode, n, fork in (("one_association", 1, False), (f"{concurrency}_associations", concurrency, True)):
-        rates = {}
-        with _storescp(workdir, fork) as (port, out):
-            seconds = _send(port, files, n)
-            received = _count(out)
-        if received != count:
-            raise RuntimeError(f"storescp stored {received} of {count}")
-        rates["dcmtk_storescp" + ("_fork" if fork else "")] = round(count / seconds, 1)
-        for key, fsync in (("x2x", True), ("x2x_no_fsync", False)):
-            with _x2x(workdir, f"{mode}-{key}", receiver_processes, fsync) as (port, spool):
-                seconds = _send(port, files, n)
-                received = _count(spool)
-            if received != count:
-                raise RuntimeError(f"{key} stored {received} of {count}")
-            rates[key] = round(count / seconds, 1)
-        dcmtk = next(v for k, v in rates.items() if k.startswith("dcmtk"))
-        rates["ratio_x2x_over_dcmtk"] = round(rates["x2x"] / dcmtk, 3)
-        rates["ratio_x2x_no_fsync_over_dcmtk"] = round(rates["x2x_no_fsync"] / dcmtk, 3)
-        result[mode] = rates
+    for mode in modes:
+        stats: dict[str, Any] = {r: _stats(samples[mode][r]) for r in receivers}
+        if "x2x" in receivers:
+            for ref in ("orthanc", "dcmtk_storescp", "x2x_no_fsync"):
+                if ref in receivers:
+                    stats[f"ratio_x2x_over_{ref}"] = round(stats["x2x"]["median"] / stats[ref]["median"], 3)
+        result[mode] = stats
+    multi = result[f"{concurrency}_associations"]
+    one = result["one_association"]
+    for receiver in receivers:
+        result[f"scaling_{receiver}"] = round(multi[receiver]["median"] / one[receiver]["median"], 3)
+    if "x2x" in receivers and "orthanc" in receivers:
+        result["meets_targets"] = {
+            "scaling": result["scaling_x2x"] >= 1.5,
+            "one_association_vs_orthanc": one["ratio_x2x_over_orthanc"] >= 1.0,
+            f"{concurrency}_associations_vs_orthanc": multi["ratio_x2x_over_orthanc"] >= 1.0,
+        }
     return result
 
 
@@ -220,8 +222,15 @@ def bench_ingest(
     concurrency: int = typer.Option(8, min=2, help="Concurrent associations in the second run."),
     receiver_processes: int = typer.Option(0, min=0, help="x2x receiver processes (0 = the config's)."),
     workdir: Path = typer.Option(None, help="Scratch folder (default: a temp dir, removed after)."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds (median and best reported)."),
+    only: str = typer.Option("", help="Comma-separated subset of receivers: " + ", ".join(RECEIVERS) + "."),
 ) -> None:
-    """Instances/s of `x2x serve` vs dcmtk storescp (1 and N associations); prints JSON with ratios."""
+    """Instances/s of `x2x serve` vs Orthanc and dcmtk storescp (1 and N associations); JSON with ratios."""
+    chosen = tuple(r.strip() for r in only.split(",") if r.strip()) or RECEIVERS
+    unknown = sorted(set(chosen) - set(RECEIVERS))
+    if unknown:
+        typer.echo(f"x2x: unknown receiver(s) {unknown}; choose from {', '.join(RECEIVERS)}", err=True)
+        raise typer.Exit(code=2)
     for tool in ("storescp", "storescu", "echoscu"):
         try:
             dcmtk(tool)
@@ -231,7 +240,7 @@ def bench_ingest(
     work = workdir or Path(tempfile.mkdtemp(prefix="x2x-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        out = run_bench(count, concurrency, work, receiver_processes or None)
+        out = run_bench(count, concurrency, work, receiver_processes or None, rounds, chosen)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -25,7 +25,7 @@ from typing import Any
 import typer
 
 from dicom_node.cli.apps import bench_app
-from dicom_node.cli.bench_ingest import _free_port
+from dicom_node.cli.bench_support import free_port
 
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
@@ -38,7 +38,7 @@ def _start_orthanc(work: Path, move_port: int, ref_port: int) -> tuple[subproces
     plugin = next((p for p in PLUGINS if Path(p).exists()), None)
     if not Path(ORTHANC).exists() or plugin is None:
         raise FileNotFoundError(f"{ORTHANC} with the DICOMweb plugin is required for this benchmark")
-    http, dicom = _free_port(), _free_port()
+    http, dicom = free_port(), free_port()
     config = {
         "Name": "x2x-bench", "StorageDirectory": str(work / "db"), "IndexDirectory": str(work / "db"),
         "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
@@ -170,7 +170,7 @@ def run_bench(count: int, workers: int, repeats: int, work: Path) -> dict[str, A
     from dicom_node.tools.sources.pacs import PacsSource
     from dicom_node.tools.sources.query import Query
 
-    move_port, ref_port = _free_port(), _free_port()
+    move_port, ref_port = free_port(), free_port()
     orthanc, http, dicom = _start_orthanc(work, move_port, ref_port)
     mover = MoveDestination(MOVE_AE, move_port, host="127.0.0.1").start()
     moved: list[Any] = []

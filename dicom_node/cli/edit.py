@@ -42,6 +42,7 @@ def edit(
     from dicom_node.edit_params import InvalidEditParams, default_seed, job_key, resolve_params
     from dicom_node.results import is_dicom_file, write_outputs
     from dicom_node.results.outputs import EDIT_OUTPUTS
+    from dicom_node.threads import configure_torch
     from editor import (
         Editor,
         InstructionError,
@@ -78,6 +79,7 @@ def edit(
         fail("edit", str(exc), "give a greyscale radiograph: DICOM CR/DX, PNG, JPEG or .npy", code=2, cause=exc)
 
     model_path = model if model is not None else resolve_model_path(cfg)
+    configure_torch(cfg.worker)  # torch's thread pools sized before the model loads (dicom_node/threads.py)
     seed_value = default_seed(cfg, seed)
     with progress_steps() as shown:
         shown.stage(f"loading model {model_path}")

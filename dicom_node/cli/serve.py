@@ -23,7 +23,9 @@ def serve() -> None:
     from dicom_node.cli.core import report_problems
     from dicom_node.logs import setup_logging
     from dicom_node.node import NodeService
+    from dicom_node.threads import prepare_node_process
 
+    prepare_node_process()  # before receiver processes spawn and before torch loads (dicom_node/threads.py)
     s = settings()
     if not report_problems("serve", s):
         raise typer.Exit(code=2)

@@ -26,11 +26,13 @@ def worker(
     """
     from dicom_node.jobs.worker import run_worker
     from dicom_node.logs import setup_logging
+    from dicom_node.threads import prepare_node_process
 
     stages = {"all": ("edit", "deliver"), "edit": ("edit",), "deliver": ("deliver",)}.get(stage)
     if stages is None:
         typer.echo(f"x2x worker: --stage must be edit, deliver or all, not {stage!r}", err=True)
         raise typer.Exit(code=2)
+    prepare_node_process()  # passive OpenMP waits before torch loads (dicom_node/threads.py)
     s = settings()
     setup_logging(s.logging.level, s.logging.json_format)
     run_worker(node_context(s), stages=stages, concurrency=concurrency, pool=pool, hostname=hostname)

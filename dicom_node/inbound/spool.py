@@ -5,8 +5,10 @@ Layout: `<root>/<study uid>/<series uid>/<sop uid>.dcm`, plus one small `.origin
 and whether it came over DIMSE or HTTP.
 
 A store is durable before it is acknowledged: write to a temp file in the target folder, fsync, rename
-atomically onto the final name, fsync the folder. Any OSError (disk full, I/O error) removes the temp
-file and reports `OUT_OF_RESOURCES`; no partial `.dcm` is ever visible.
+atomically onto the final name, fsync the folder (one folder fsync serves every store that renamed into
+it before the fsync began: `FolderSync`, a group commit across concurrent associations). Any OSError
+(disk full, I/O error) removes the temp file and reports `OUT_OF_RESOURCES`; no partial `.dcm` is
+ever visible.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +100,55 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class FolderSync:
+    """Group commit of folder fsyncs. One fsync of a folder makes every rename into it that happened
+    before that fsync started durable, so the instances that concurrent associations store into one
+    series folder share one flush instead of queueing for one each. `sync(folder)` returns once a
+    flush that started after the call has finished (the caller's rename came before the call)."""
+
+    def __init__(self, fsync_dir: Callable[[Path], None] | None = None) -> None:
+        self._fsync_dir = fsync_dir or _fsync_dir
+        self._cond = threading.Condition()
+        self._issued: dict[Path, int] = {}  # tickets handed out per folder
+        self._synced: dict[Path, int] = {}  # every ticket up to this one is durable
+        self._busy: set[Path] = set()  # folders with a flush running
+        self._waiting: dict[Path, int] = {}  # callers inside sync() per folder
+        self.flushes = 0  # fsyncs done (for benchmarks and tests)
+
+    def sync(self, folder: Path) -> None:
+        with self._cond:
+            ticket = self._issued[folder] = self._issued.get(folder, 0) + 1
+            self._waiting[folder] = self._waiting.get(folder, 0) + 1
+            try:
+                while self._synced.get(folder, 0) < ticket:
+                    if folder in self._busy:  # a flush that may have started before our rename: wait it out
+                        self._cond.wait()
+                        continue
+                    self._flush(folder)
+            finally:
+                self._waiting[folder] -= 1
+                if not self._waiting[folder]:  # nobody left waiting on this folder: forget it
+                    del self._waiting[folder], self._issued[folder]
+                    self._synced.pop(folder, None)
+
+    def _flush(self, folder: Path) -> None:
+        """One fsync of `folder`, covering every ticket issued so far (called and returns holding _cond)."""
+        self._busy.add(folder)
+        covers = self._issued[folder]  # their renames are done
+        self._cond.release()
+        flushed = False
+        try:
+            self._fsync_dir(folder)
+            flushed = True
+        finally:
+            self._cond.acquire()
+            self._busy.discard(folder)
+            if flushed:
+                self.flushes += 1
+                self._synced[folder] = max(self._synced.get(folder, 0), covers)
+            self._cond.notify_all()
+
+
 class Spool:
     def __init__(self, root: Path, *, fsync: bool = True):
         self.root = Path(root)
@@ -106,6 +157,7 @@ class Spool:
         self._known_dirs: set[Path] = set()
         self._known_origins: set[tuple[str, str | None, str | None, str]] = set()
         self._lock = threading.Lock()
+        self.folder_sync = FolderSync()
 
     # paths -------------------------------------------------------------------------------
     def study_dir(self, study_uid: str) -> Path:
@@ -154,7 +206,7 @@ class Spool:
             fd = -1
             os.replace(tmp, final)
             if self.fsync:
-                _fsync_dir(final.parent)
+                self.folder_sync.sync(final.parent)  # shared with concurrent stores into this folder
         except OSError as exc:
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ acceptor association under admission control (inbound/associations.py), stream i
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import socket
 import ssl
@@ -39,6 +40,34 @@ def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
             raise ValueError("node.tls.require_client_cert needs node.tls.ca_file")
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+class SupportedContexts(list):  # type: ignore[type-arg]
+    """The SCP's supported presentation contexts, cheap to deep-copy.
+
+    pynetdicom deep-copies the server's contexts for every association it accepts
+    (`RequestHandler._create_association`): with every storage SOP class x 45 transfer syntaxes that is
+    ~8,000 UID objects, ~20-50 ms of Python per association (one per study for most senders). UIDs are
+    immutable strings, so copying each context's own lists and dicts is the same copy.
+    tests/test_receive.py checks that pynetdicom still copies this way and that the copies are equal.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        out = []
+        for cx in self:
+            new = copy.copy(cx)
+            for name, value in vars(cx).items():
+                if isinstance(value, (list, dict, set)):
+                    setattr(new, name, copy.copy(value))
+            out.append(new)
+        return out
+
+
+# pynetdicom's code that deep-copies the contexts per association (sha256 of its source, pinned version)
+CONTEXT_COPY_SOURCE_SHA256 = {
+    "pynetdicom.transport.RequestHandler._create_association":
+        "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e",
+}
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -96,6 +125,10 @@ class Server(ThreadedAssociationServer):
                     request.close()
                 return
         super().process_request_thread(request, client_address)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = SupportedContexts(self.contexts)
 
     def server_bind(self) -> None:
         if self.reuse_port and self.socket is not None:

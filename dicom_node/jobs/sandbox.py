@@ -91,7 +91,10 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
 
         try:
             if editor is None:
+                from dicom_node.threads import configure_torch
                 from editor import Editor
+
+                configure_torch(settings.worker)  # this process edits: its torch pools, sized once
 
                 editor = Editor.from_pretrained(resolve_model_path(settings), device=settings.model.device,
                                                 dtype=settings.model.dtype,

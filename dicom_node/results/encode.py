@@ -7,6 +7,7 @@ import warnings
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.results.geometry import plane_geometry
@@ -36,9 +37,11 @@ def encode_results(
     job_key: str,
     settings: Settings | None = None,
     edit_time: datetime | None = None,
+    overlay: np.ndarray | None = None,
 ) -> dict[str, Dataset]:
     """The five objects for `result`, keyed by kind (KINDS order). Deterministic UIDs from job_key; the
-    Series / Content Date and Time of all five are `edit_time` (default: now)."""
+    Series / Content Date and Time of all five are `edit_time` (default: now). `overlay`: the overlay_rgb
+    image, when the caller has it already."""
     root = settings.results.uid_root if settings is not None else None
     institution = settings.results.institution_name if settings is not None else None
 
@@ -68,7 +71,7 @@ def encode_results(
                                    **common("fseg")),
             "pmap": parametric_map(source_ds, result, geometry=geometry, dimension_uid=uid("pmap.dimension"),
                                    **common("pmap")),
-            "overlay": overlay_sc(source_ds, result, **common("overlay")),
+            "overlay": overlay_sc(source_ds, result, rgb=overlay, **common("overlay")),
         }
     when = edit_time or datetime.now(timezone.utc)
     for ds in objects.values():
