@@ -91,6 +91,38 @@ def claim(store: JobStore, job_id: int, me: WorkerIdentity, action: Action = Act
     return store.transition(job_id, action, where=[due], also=take_lease).changed
 
 
+def claim_companions(store: JobStore, first: Job, me: WorkerIdentity, limit: int) -> list[int]:
+    """Claim (each atomically, with its lease) up to `limit` more queued jobs that can be edited in one
+    batch with `first` (`[worker] batch_size`): the same model and the same `EditParams.batch_key()`.
+    Oldest first; a job another worker takes meanwhile is skipped. Their own queue messages later find
+    nothing to claim."""
+    from editor import EditParams
+
+    if limit <= 0:
+        return []
+    key = EditParams.from_dict(first.params or {}).batch_key()
+    soon = utcnow() + dt.timedelta(seconds=1)
+    with store.db.session() as s:
+        candidates = s.execute(
+            select(Job.id, Job.params)
+            .where(Job.state == JobState.QUEUED.value, Job.id != first.id, Job.model_hash == first.model_hash,
+                   or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= soon))
+            .order_by(Job.id)
+            .limit(limit * 8)
+        ).all()
+    taken: list[int] = []
+    for job_id, params in candidates:
+        if len(taken) >= limit:
+            break
+        try:
+            same = EditParams.from_dict(params or {}).batch_key() == key
+        except Exception:  # noqa: BLE001 - a job whose parameters no longer validate runs (and fails) alone
+            same = False
+        if same and claim(store, int(job_id), me):
+            taken.append(int(job_id))
+    return taken
+
+
 def renew(store: JobStore, job_id: int, me: WorkerIdentity) -> None:
     with store.db.session() as s:
         s.execute(

@@ -26,7 +26,7 @@ from dicom_node import metrics
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import Delivery, Job, utcnow
 from dicom_node.jobs.deliveries import due_deliveries, ensure_job_deliveries, settle, transition_delivery
-from dicom_node.jobs.editing import EditFailed, EditInput, edit_and_write
+from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write_batch
 from dicom_node.jobs.sandbox import sandbox_for
 from dicom_node.jobs.states import Action, DeliveryAction, JobState
 from dicom_node.results import result_files
@@ -74,56 +74,80 @@ def _step(ctx: NodeContext, job_id: int, action: Action, **values: Any) -> None:
 
 
 # edit stage -------------------------------------------------------------------------------------------
-def _edit_and_encode(ctx: NodeContext, job: Job, out_dir: Path) -> None:
-    """Edit the source and write the five objects + previews: in the worker's memory-limited child
-    process (jobs/sandbox.py) unless `queue.edit_isolation = "none"`."""
-    job_input = EditInput.of(job)
+def _edit_and_encode(ctx: NodeContext, jobs: list[Job]) -> dict[int, EditOutput | BaseException]:
+    """Edit the sources together (`[worker] batch_size`; one job is a batch of one) and write each job's
+    five objects + previews: in the worker's memory-limited child process (jobs/sandbox.py) unless
+    `queue.edit_isolation = "none"`. Per job: its output, or what stopped it."""
+    batch = [(EditInput.of(job), job_results_dir(ctx, job.id)) for job in jobs]
 
-    def edited() -> None:
-        _step(ctx, job.id, Action.ENCODE)
+    def edited(job_id: int) -> None:  # raises Stopped when the job was cancelled meanwhile: not written
+        _step(ctx, job_id, Action.ENCODE)
 
     if ctx.settings.queue.edit_isolation == "process":
-        edited_out = sandbox_for(ctx.settings).run(job_input, out_dir, on_edited=edited)
-    else:
-        edited_out = edit_and_write(ctx.editor(), job_input, out_dir, ctx.settings, on_edited=edited)
-    ctx.store.update(
-        job.id,
-        result=edited_out.summary,
-        output_uids=edited_out.uids,
-        timings=edited_out.timings,
-        model_id=edited_out.model_id,
-        model_hash=edited_out.model_hash,
-    )
-    log.info("job %s encoded 5 objects in %s", job.id, out_dir)
+        return sandbox_for(ctx.settings).run_batch(batch, on_edited=edited)
+    results = edit_and_write_batch(ctx.editor(), batch, ctx.settings, on_edited=edited)
+    return {job.id: result for job, result in zip(jobs, results, strict=True)}
+
+
+def _encoded(ctx: NodeContext, job: Job) -> JobOutcome:
+    try:
+        ensure_job_deliveries(ctx, job)
+        _step(ctx, job.id, Action.ENCODED)
+        return JobOutcome(JobState.ENCODED.value)
+    except Stopped as stop:
+        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job.id, stop.state)
+        return JobOutcome(stop.state)
+
+
+def _edit_failed(ctx: NodeContext, job: Job, exc: BaseException) -> JobOutcome:
+    """Recorded on the job; an edit error is not retried."""
+    if isinstance(exc, Stopped):
+        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job.id, exc.state)
+        return JobOutcome(exc.state)
+    log.error("job %s edit/encode failed: %s", job.id, type(exc).__name__, exc_info=exc)
+    result = ctx.store.transition(job.id, Action.FAIL, attempts=(job.attempts or 0) + 1, last_error=error_text(exc),
+                                  next_attempt_at=None)
+    return JobOutcome(result.state or JobState.FAILED.value)
 
 
 def run_edit(ctx: NodeContext, job_id: int) -> JobOutcome:
     """The edit stage of a claimed job (state editing): its objects on disk, then state encoded."""
-    job = ctx.store.get(job_id)
-    if job is None:
-        raise KeyError(f"no job {job_id}")
-    if job.state != JobState.EDITING:
-        return JobOutcome(job.state)
-    out_dir = job_results_dir(ctx, job_id)
-    try:
-        if result_files(out_dir) is None:
-            try:
-                _edit_and_encode(ctx, job, out_dir)
-            except Stopped:
-                raise
-            except Exception as exc:  # noqa: BLE001 - recorded on the job; an edit error is not retried
-                log.error("job %s edit/encode failed: %s", job_id, type(exc).__name__, exc_info=True)
-                _step(ctx, job_id, Action.FAIL, attempts=(job.attempts or 0) + 1, last_error=error_text(exc),
-                      next_attempt_at=None)
-                return JobOutcome(JobState.FAILED.value)
+    return run_edits(ctx, [job_id])[job_id]
+
+
+def run_edits(ctx: NodeContext, job_ids: list[int]) -> dict[int, JobOutcome]:
+    """The edit stage of claimed jobs (state editing), edited together: each job's objects on disk, then
+    state encoded -- or failed with its own error; one job's failure never fails the others (a failure
+    of the edit process itself is every job's)."""
+    outcomes: dict[int, JobOutcome] = {}
+    todo: list[Job] = []
+    for job_id in job_ids:
+        job = ctx.store.get(job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        if job.state != JobState.EDITING:
+            outcomes[job_id] = JobOutcome(job.state)
+        elif result_files(job_results_dir(ctx, job_id)) is not None:
+            log.info("job %s: objects already encoded in %s", job_id, job_results_dir(ctx, job_id))
+            outcomes[job_id] = _encoded(ctx, job)
         else:
-            log.info("job %s: objects already encoded in %s", job_id, out_dir)
-        ensure_job_deliveries(ctx, job)
-        _step(ctx, job_id, Action.ENCODED)
-        return JobOutcome(JobState.ENCODED.value)
-    except Stopped as stop:
-        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job_id, stop.state)
-        return JobOutcome(stop.state)
+            todo.append(job)
+    if not todo:
+        return outcomes
+    try:
+        results = _edit_and_encode(ctx, todo)
+    except Exception as exc:  # noqa: BLE001 - the edit process died, the model would not load, ...
+        results = {job.id: exc for job in todo}
+    for job in todo:
+        result = results[job.id]
+        if isinstance(result, BaseException):
+            outcomes[job.id] = _edit_failed(ctx, job, result)
+            continue
+        ctx.store.update(job.id, result=result.summary, output_uids=result.uids, timings=result.timings,
+                         model_id=result.model_id, model_hash=result.model_hash)
+        log.info("job %s encoded 5 objects in %s", job.id, job_results_dir(ctx, job.id))
+        outcomes[job.id] = _encoded(ctx, job)
+    return outcomes
 
 
 # delivery stage ---------------------------------------------------------------------------------------

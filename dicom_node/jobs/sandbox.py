@@ -11,9 +11,12 @@ allocate memory"), the job fails with that reason and the child lives on; if the
 (a hard crash, the kernel's OOM killer) the job fails naming its exit, and the next edit starts a new one.
 
 One long-lived child per worker process (spawned, never forked: torch and CUDA do not survive a fork),
-loading the model once. Protocol over a pipe: run(EditInput, out_dir) -> "edited" (the parent moves
-the job to encoding, or says "stop" when it was cancelled) -> "done" (EditOutput) | "error" (text) |
-"fatal" (text; the child exits after it, giving its memory back: a memory error).
+loading the model once. Protocol over a pipe: the parent sends a batch [(EditInput, out_dir), ...]
+(one job, or `[worker] batch_size` of them edited together); per job whose edit succeeded the child
+says ("edited", job id) and the parent answers "encode" (it moved the job to encoding) or "stop" (it was
+cancelled); per job the child then says ("result", (job id, "done" | "error" | "stopped", EditOutput or
+text)); last ("end", None), or ("end", text) after a memory error: the child exits after it, giving its
+memory back, and jobs without a result fail with that text.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Settings
-from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write
+from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write_batch
 
 log = logging.getLogger("x2x.jobs.sandbox")
 
@@ -82,10 +85,10 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
             return  # the worker closed the pipe: it is stopping
         if message == "quit":
             return
-        job, out_dir = message
+        batch = [(job, Path(out_dir)) for job, out_dir in message]
 
-        def edited() -> None:
-            conn.send(("edited", None))
+        def edited(job_id: int) -> None:
+            conn.send(("edited", job_id))
             if conn.recv() != "encode":
                 raise EditCancelled()
 
@@ -99,15 +102,22 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
                 editor = Editor.from_pretrained(resolve_model_path(settings), device=settings.model.device,
                                                 dtype=settings.model.dtype,
                                                 single_file_config=settings.model.single_file_config)
-            conn.send(("done", edit_and_write(editor, job, Path(out_dir), settings, edited)))
-        except EditCancelled:
-            conn.send(("stopped", None))
-        except Exception as exc:  # noqa: BLE001 - the job's error, reported to the worker
-            if not _is_memory_error(exc):
-                conn.send(("error", _error_text(exc)))
-                continue
-            conn.send(("fatal", f"the edit needed more memory than queue.edit_memory_limit_mb allows "
-                                f"({limit // 2**20} MB): {_error_text(exc)[:300]}"))
+            results = edit_and_write_batch(editor, batch, settings, edited)
+        except Exception as exc:  # noqa: BLE001 - loading the model: every job's error
+            results = [exc] * len(batch)
+        fatal = None
+        for (job, _out_dir), result in zip(batch, results, strict=True):
+            if isinstance(result, EditCancelled):
+                conn.send(("result", (job.job_id, "stopped", None)))
+            elif isinstance(result, Exception):
+                if _is_memory_error(result):
+                    fatal = (f"the edit needed more memory than queue.edit_memory_limit_mb allows "
+                             f"({limit // 2**20} MB): {_error_text(result)[:300]}")
+                conn.send(("result", (job.job_id, "error", fatal or _error_text(result))))
+            else:
+                conn.send(("result", (job.job_id, "done", result)))
+        conn.send(("end", fatal))
+        if fatal is not None:
             return  # a fresh process for the next edit gives the memory back
 
 
@@ -169,39 +179,60 @@ class EditSandbox:
             raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
 
     def run(self, job: EditInput, out_dir: Path, on_edited: Callable[[], None]) -> EditOutput:
-        """Edit and write in the child. `on_edited` raising stops it (nothing written) and re-raises;
-        SandboxStopping when the worker stops this sandbox meanwhile."""
+        """Edit and write one job in the child. `on_edited` raising stops it (nothing written) and
+        re-raises; SandboxStopping when the worker stops this sandbox meanwhile."""
+        result = self.run_batch([(job, out_dir)], lambda _job_id: on_edited())[job.job_id]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run_batch(self, jobs: list[tuple[EditInput, Path]], on_edited: Callable[[int], None]
+                  ) -> dict[int, EditOutput | BaseException]:
+        """Edit several jobs together in the child, each written to its folder: job id -> its EditOutput
+        or the exception that stopped it (EditFailed with the child's text; whatever `on_edited(job_id)`
+        raised, and then nothing of that job is written). SandboxStopping (raised) when the worker stops
+        this sandbox meanwhile; EditProcessDied (raised) when the child dies."""
         with self._lock:
             if self._stopping:
                 raise SandboxStopping()
             if self._proc is None or not self._proc.is_alive():
                 self._start()
+            message = [(job, str(out_dir)) for job, out_dir in jobs]
             try:
-                self._conn.send((job, str(out_dir)))
+                self._conn.send(message)
             except OSError:  # it ended just now (after an earlier job): a new one
                 self._shutdown()
                 self._start()
-                self._conn.send((job, str(out_dir)))
+                self._conn.send(message)
             conn, proc = self._conn, self._proc
+            results: dict[int, EditOutput | BaseException] = {}
+            refused: dict[int, BaseException] = {}
             while True:
                 kind, value = self._receive()
                 if kind == "edited":
                     try:
-                        on_edited()
-                    except BaseException:
+                        on_edited(value)
+                    except BaseException as exc:  # noqa: BLE001 - that job only (a cancel): not written
+                        refused[value] = exc
                         self._send(conn, "stop")
-                        self._receive()
-                        raise
+                        continue
                     self._send(conn, "encode")
-                elif kind == "done":
-                    return value  # type: ignore[no-any-return]
-                elif kind == "error":
-                    raise EditFailed(value)
-                elif kind == "fatal":  # the child ends after this answer (memory): wait for it
-                    proc.join(10)
-                    self._shutdown()
-                    raise EditFailed(value)
-                else:  # "stopped" without our asking: treat as an error
+                elif kind == "result":
+                    job_id, how, payload = value
+                    if how == "done":
+                        results[job_id] = payload
+                    elif how == "stopped" and job_id in refused:
+                        results[job_id] = refused[job_id]
+                    else:
+                        results[job_id] = EditFailed(payload or f"edit process answered {how!r}")
+                elif kind == "end":
+                    if value is not None:  # the child ends after this answer (memory): wait for it
+                        proc.join(10)
+                        self._shutdown()
+                    for job, _out_dir in jobs:
+                        results.setdefault(job.job_id, EditFailed(value or "the edit process gave no result"))
+                    return results
+                else:
                     raise EditFailed(f"edit process answered {kind!r}")
 
     def stop(self) -> None:

@@ -1,8 +1,10 @@
-"""The Celery tasks: one per stage. An edit task runs the edit stage of one job and hands it to the
-delivery queue; a delivery task runs the delivery stage (and queues its own retry when one is due)."""
+"""The Celery tasks: one per stage. An edit task runs the edit stage of one job -- or of up to
+`[worker] batch_size` queued jobs that can share one model pass, claimed together -- and hands each to
+the delivery queue; a delivery task runs the delivery stage (and queues its own retry when one is due)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import traceback
@@ -12,7 +14,7 @@ from typing import Any
 from dicom_node.context import NodeContext, build_context
 from dicom_node.jobs import leases
 from dicom_node.jobs.celery_app import celery_app, delivery_app
-from dicom_node.jobs.pipeline import JobOutcome, run_deliveries, run_edit
+from dicom_node.jobs.pipeline import JobOutcome, run_deliveries, run_edits
 from dicom_node.jobs.queue import DELIVER_TASK, EDIT_TASK, send_delivery, send_task
 from dicom_node.jobs.sandbox import SandboxStopping
 from dicom_node.jobs.states import Action, JobState
@@ -40,53 +42,77 @@ def worker_context() -> NodeContext:
         return _ctx
 
 
-def _attempt(ctx: NodeContext, job_id: int, stage: Action, run: Callable[[NodeContext, int], JobOutcome]
-             ) -> tuple[bool, JobOutcome | None]:
-    """Take the job for `stage` with a lease, run it under a heartbeat, release. (taken, outcome)."""
+StageRun = Callable[[NodeContext, list[int]], dict[int, JobOutcome]]
+
+
+def _attempt(ctx: NodeContext, job_id: int, stage: Action, run: StageRun, companions: int = 0
+             ) -> tuple[bool, dict[int, JobOutcome]]:
+    """Take the job for `stage` with a lease -- and, for the edit stage, up to `companions` more queued
+    jobs to edit with it (`[worker] batch_size`) -- run them under heartbeats, release.
+    (taken, outcome per job id)."""
     me = leases.WorkerIdentity.current()
     if not leases.claim(ctx.store, job_id, me, stage):
         job = ctx.store.get(job_id)
         log.info("job %s not taken for %s (state %s): nothing to do", job_id, stage, job.state if job else "missing")
-        return False, None
-    if stage is Action.CLAIM:  # operators (and the scale-out tests) follow an edit by this line
-        log.info("job %s claimed by %s", job_id, me.worker_id)
-    else:
-        log.info("job %s taken for delivery by %s", job_id, me.worker_id)
+        return False, {}
+    ids = [job_id]
+    if companions > 0:
+        first = ctx.store.get(job_id)
+        if first is not None:
+            ids += leases.claim_companions(ctx.store, first, me, companions)
+    for taken in ids:
+        if stage is Action.CLAIM:  # operators (and the scale-out tests) follow an edit by this line
+            log.info("job %s claimed by %s", taken, me.worker_id)
+        else:
+            log.info("job %s taken for delivery by %s", taken, me.worker_id)
+    if len(ids) > 1:
+        log.info("jobs %s edited together (worker.batch_size=%d)", ids, ctx.settings.worker.batch_size)
     interval = max(0.5, ctx.settings.queue.lease_seconds / 3)
     try:
-        with leases.Heartbeat(ctx.store, job_id, me, interval):
-            return True, run(ctx, job_id)
+        with contextlib.ExitStack() as beats:
+            for taken in ids:
+                beats.enter_context(leases.Heartbeat(ctx.store, taken, me, interval))
+            return True, run(ctx, ids)
     except SandboxStopping:  # the worker stops mid-edit: back on the queue, not failed, not a death
-        if ctx.store.transition(job_id, Action.REQUEUE).changed:
-            log.info("job %s put back on the queue: the worker is stopping", job_id)
-            send_task(ctx, job_id)
-        return True, JobOutcome(JobState.QUEUED.value)
+        for taken in ids:
+            if ctx.store.transition(taken, Action.REQUEUE).changed:
+                log.info("job %s put back on the queue: the worker is stopping", taken)
+                send_task(ctx, taken)
+        return True, {taken: JobOutcome(JobState.QUEUED.value) for taken in ids}
     except Exception as exc:  # each stage records its own errors; this is the safety net
-        log.error("job %s failed unexpectedly: %s", job_id, type(exc).__name__, exc_info=True)
-        job = ctx.store.get(job_id)
-        ctx.store.transition(
-            job_id, Action.FAIL, attempts=(job.attempts if job else 0) + 1, next_attempt_at=None,
-            last_error="".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000],
-        )
-        return True, JobOutcome(JobState.FAILED.value)
+        log.error("jobs %s failed unexpectedly: %s", ids, type(exc).__name__, exc_info=True)
+        for taken in ids:
+            job = ctx.store.get(taken)
+            ctx.store.transition(
+                taken, Action.FAIL, attempts=(job.attempts if job else 0) + 1, next_attempt_at=None,
+                last_error="".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000],
+            )
+        return True, {taken: JobOutcome(JobState.FAILED.value) for taken in ids}
     finally:
-        leases.release(ctx.store, job_id, me)
+        for taken in ids:
+            leases.release(ctx.store, taken, me)
 
 
 @celery_app.task(name=EDIT_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=False)
 def edit_job_task(job_id: int) -> dict[str, Any]:
     ctx = worker_context()
-    taken, outcome = _attempt(ctx, job_id, Action.CLAIM, run_edit)
-    if outcome is not None and outcome.state == JobState.ENCODED:
-        send_delivery(ctx, job_id)
-    state = outcome.state if outcome else None
-    log.info("job %s edit stage ended: %s", job_id, state)
-    return {"job_id": job_id, "claimed": taken, "state": state}
+    taken, outcomes = _attempt(ctx, job_id, Action.CLAIM, run_edits, companions=ctx.settings.worker.batch_size - 1)
+    for edited_id, outcome in outcomes.items():
+        if outcome.state == JobState.ENCODED:
+            send_delivery(ctx, edited_id)
+        log.info("job %s edit stage ended: %s", edited_id, outcome.state)
+    own = outcomes.get(job_id)
+    return {"job_id": job_id, "claimed": taken, "state": own.state if own else None, "batch": sorted(outcomes)}
+
+
+def _deliver_one(ctx: NodeContext, ids: list[int]) -> dict[int, JobOutcome]:
+    return {ids[0]: run_deliveries(ctx, ids[0])}
 
 
 def deliver_job(job_id: int) -> dict[str, Any]:
     ctx = worker_context()
-    taken, outcome = _attempt(ctx, job_id, Action.SEND, run_deliveries)
+    taken, outcomes = _attempt(ctx, job_id, Action.SEND, _deliver_one)
+    outcome = outcomes.get(job_id)
     if outcome is not None and outcome.state == JobState.ENCODED:  # a destination was added meanwhile
         send_delivery(ctx, job_id)
     elif outcome is not None and outcome.retry_in is not None:
