@@ -129,7 +129,7 @@ def submit_upload(ctx: NodeContext, uploads: list[bytes], req: JobRequest) -> di
     for index, raw in enumerate(uploads):
         try:
             found = identify_part10(raw, limits, cap)
-            ds = pydicom.dcmread(io.BytesIO(raw), defer_size=1024, stop_before_pixels=True)
+            ds = pydicom.dcmread(io.BytesIO(raw), defer_size=1024)
         except Refused as exc:
             raise HTTPException(413 if exc.failure_reason == 0xA700 else 422,
                                 f"file part {index} refused: {exc}") from exc
