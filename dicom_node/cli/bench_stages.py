@@ -125,13 +125,13 @@ def run_bench(repeats: int, cpu: int | None) -> dict[str, Any]:
     kw: dict[str, Any] = {"series_uid": "2.25.1", "sop_uid": "2.25.2", "series_number": 1}
     rgb = overlay_rgb(display, result.guidance)
     stages["counterfactual_sc"], _ = _times(lambda: sc.counterfactual_sc(source_ds, result, **kw), repeats)
-    stages["binary_seg"], _ = _times(lambda: seg.binary_seg(source_ds, result, dimension_uid="2.25.3", **kw),
-                                     repeats)
+    geometry = plane_geometry(source_ds, "2.25.4")  # one per job, shared by the SEGs and the map
+    stages["binary_seg"], _ = _times(
+        lambda: seg.binary_seg(source_ds, result, geometry=geometry, dimension_uid="2.25.3", **kw), repeats)
     stages["fractional_seg"], _ = _times(
-        lambda: seg.fractional_seg(source_ds, result, dimension_uid="2.25.3", **kw), repeats)
+        lambda: seg.fractional_seg(source_ds, result, geometry=geometry, dimension_uid="2.25.3", **kw), repeats)
     stages["parametric_map"], _ = _times(
-        lambda: parametric_map(source_ds, result, geometry=plane_geometry(source_ds, "2.25.4"),
-                               dimension_uid="2.25.3", **kw), repeats)
+        lambda: parametric_map(source_ds, result, geometry=geometry, dimension_uid="2.25.3", **kw), repeats)
     stages["overlay_rgb"], _ = _times(lambda: overlay_rgb(display, result.guidance), repeats)
     stages["overlay_sc_given_rgb"], _ = _times(lambda: overlay_sc(source_ds, result, rgb=rgb, **kw), repeats)
     stages["encode_five_objects"], datasets = _times(
