@@ -103,7 +103,7 @@ def test_transfer_syntax_preference_pynetdicom_proposals(tmp_path, tiny_model_di
         for proposal, _ in cases:
             ae = AE(ae_title="PYSCU")
             ae.add_requested_context(ComputedRadiographyImageStorage, proposal)
-            assoc = ae.associate("127.0.0.1", node.port)
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="X2X")
             assert assoc.is_established
             got.append(str(assoc.accepted_contexts[0].transfer_syntax[0]))
             assoc.release()
@@ -200,7 +200,7 @@ def test_association_limit_is_total_across_receivers_and_backlog_is_real(tmp_pat
 
         ae = AE(ae_title="MANY")
         ae.add_requested_context(Verification)
-        assocs = [ae.associate("127.0.0.1", node.port) for _ in range(7)]
+        assocs = [ae.associate("127.0.0.1", node.port, ae_title="X2X") for _ in range(7)]
         try:
             established = [a for a in assocs if a.is_established]
             assert len(established) == 4, [a.is_established for a in assocs]
@@ -212,7 +212,7 @@ def test_association_limit_is_total_across_receivers_and_backlog_is_real(tmp_pat
         node.wait_for(lambda: "more than node.max_associations=4 associations (all receivers)" in node.log_text(),
                       10, "the rejections to be logged")
         # the permits came back: four more fit again
-        again = [ae.associate("127.0.0.1", node.port) for _ in range(4)]
+        again = [ae.associate("127.0.0.1", node.port, ae_title="X2X") for _ in range(4)]
         try:
             assert all(a.is_established for a in again)
         finally:
