@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from dicom_node.context import NodeContext
@@ -102,9 +103,18 @@ class EmbeddedWorker:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._sweeper.stop()
-        for controller in reversed(self.controllers):
-            controller.stop(timeout)
-        stop_sandboxes()  # an edit still running after the timeout: its job goes back on the queue
+        # Both stages stop at once, within one `timeout` in all (a warm shutdown lets a running task
+        # finish); an edit still running after it is stopped with its edit process, and its job goes
+        # back on the queue.
+        stoppers = [threading.Thread(target=c.stop, args=(timeout,), daemon=True) for c in self.controllers]
+        for stopper in stoppers:
+            stopper.start()
+        deadline = time.monotonic() + timeout
+        for stopper in stoppers:
+            stopper.join(max(0.0, deadline - time.monotonic()))
+        stop_sandboxes()
+        for stopper in stoppers:  # the edit task returns once its edit process is gone
+            stopper.join(10)
 
 
 def start_embedded_worker(ctx: NodeContext) -> None:
