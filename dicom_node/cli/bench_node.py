@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,10 @@ class Destination:
             return {s: max(self.arrivals[s][:OBJECTS_PER_STUDY]) for s in studies}
 
 
+# The benchmark's own node reads its jobs over the API, which needs a token for reads.
+BENCH_TOKEN = secrets.token_urlsafe(24)
+
+
 @contextlib.contextmanager
 def _node(work: Path, dest: Destination, steps: int, quiet_s: float, model: Path | None
           ) -> Iterator[tuple[int, int]]:
@@ -97,7 +102,7 @@ def _node(work: Path, dest: Destination, steps: int, quiet_s: float, model: Path
     )
     env = dict(DCMTK_ENV, X2X_NODE__HOST="127.0.0.1", X2X_NODE__PORT=str(port), X2X_PATHS__VAR_DIR=str(var),
                X2X_API__HOST="127.0.0.1", X2X_API__PORT=str(api_port), X2X_EDIT__STEPS=str(steps),
-               X2X_NODE__STUDY_QUIET_SECONDS=str(quiet_s))
+               X2X_NODE__STUDY_QUIET_SECONDS=str(quiet_s), X2X_API__TOKEN=BENCH_TOKEN)
     env.pop("X2X_CONFIG", None)
     if model is not None:
         env["X2X_MODEL__PATH"] = str(model)
@@ -131,11 +136,22 @@ def _send(port: int, path: Path) -> float:
     return time.monotonic()
 
 
-def _job_timings(api_port: int, study: str) -> dict[str, float]:
+def _job_timings(api_port: int, study: str, wait_s: float = 30.0) -> dict[str, float]:
+    """The study's job's stage timings, once the job has finished (its send time is recorded after the
+    objects reached the destination)."""
     import requests
 
-    jobs = requests.get(f"http://127.0.0.1:{api_port}/jobs", params={"study": study}, timeout=30).json()["jobs"]
-    return dict(jobs[0].get("timings") or {}) if jobs else {}
+    deadline = time.monotonic() + wait_s
+    while True:
+        answer = requests.get(f"http://127.0.0.1:{api_port}/jobs", params={"study": study}, timeout=30,
+                              headers={"Authorization": f"Bearer {BENCH_TOKEN}"})
+        answer.raise_for_status()
+        jobs = answer.json()["jobs"]
+        if not jobs:
+            return {}
+        if jobs[0]["state"] in ("done", "failed", "dead-letter") or time.monotonic() > deadline:
+            return dict(jobs[0].get("timings") or {})
+        time.sleep(0.1)
 
 
 def _median(values: list[float]) -> float | None:
