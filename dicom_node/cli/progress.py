@@ -29,10 +29,12 @@ class Steps:
         if self._task is not None:
             self._progress.update(self._task, visible=False)
         self._task = self._progress.add_task(text, total=total)
+        self._progress.refresh()  # drawn now: a stage shorter than rich's refresh period is shown too
 
     def step(self, _index: int = 0) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task)
+            self._progress.refresh()
 
     @property
     def callback(self) -> Callable[[int], None] | None:
