@@ -57,15 +57,6 @@ class EditOutput:
     model_hash: str
 
 
-def edit_and_write(editor: Editor, job: EditInput, out_dir: Path, settings: Settings,
-                   on_edited: Callable[[], None]) -> EditOutput:
-    """One job: its EditOutput, or the exception that stopped it (raised)."""
-    result = edit_and_write_batch(editor, [(job, out_dir)], settings, lambda _job_id: on_edited())[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
-
-
 def edit_and_write_batch(editor: Editor, jobs: Sequence[tuple[EditInput, Path]], settings: Settings,
                          on_edited: Callable[[int], None]) -> list[EditOutput | Exception]:
     """Several jobs edited together (`Editor.edit_batch`: those that share a model grid and the

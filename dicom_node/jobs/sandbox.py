@@ -110,10 +110,11 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
             if isinstance(result, EditCancelled):
                 conn.send(("result", (job.job_id, "stopped", None)))
             elif isinstance(result, Exception):
+                text = _error_text(result)
                 if _is_memory_error(result):
-                    fatal = (f"the edit needed more memory than queue.edit_memory_limit_mb allows "
-                             f"({limit // 2**20} MB): {_error_text(result)[:300]}")
-                conn.send(("result", (job.job_id, "error", fatal or _error_text(result))))
+                    text = fatal = (f"the edit needed more memory than queue.edit_memory_limit_mb allows "
+                                    f"({limit // 2**20} MB): {text[:300]}")
+                conn.send(("result", (job.job_id, "error", text)))
             else:
                 conn.send(("result", (job.job_id, "done", result)))
         conn.send(("end", fatal))
@@ -177,14 +178,6 @@ class EditSandbox:
                 raise SandboxStopping() from exc
             self._shutdown()
             raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
-
-    def run(self, job: EditInput, out_dir: Path, on_edited: Callable[[], None]) -> EditOutput:
-        """Edit and write one job in the child. `on_edited` raising stops it (nothing written) and
-        re-raises; SandboxStopping when the worker stops this sandbox meanwhile."""
-        result = self.run_batch([(job, out_dir)], lambda _job_id: on_edited())[job.job_id]
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
     def run_batch(self, jobs: list[tuple[EditInput, Path]], on_edited: Callable[[int], None]
                   ) -> dict[int, EditOutput | BaseException]:
