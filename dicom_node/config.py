@@ -94,6 +94,10 @@ class QueueConfig(_Section):
         0, ge=0, description="memory an edit's child process may use (RLIMIT_DATA, MB); 0 = half of this "
         "machine's memory",
     )
+    stop_timeout_seconds: float = Field(
+        30.0, ge=0, description="how long `x2x serve`, stopping, lets a running edit finish; after it the edit "
+        "process is stopped and its job goes back on the queue (keep it below your service manager's stop timeout)",
+    )
 
 
 class WorkerConfig(_Section):

@@ -89,5 +89,5 @@ class NodeService:
             self._pool.stop()
         self.tracker.stop()
         if self.start_worker:
-            stop_embedded_worker()
+            stop_embedded_worker(self.ctx.settings.queue.stop_timeout_seconds)
         log.info("stopped")

@@ -351,12 +351,14 @@ def test_stopping_the_node_mid_edit_requeues_the_job_without_counting_a_death(tm
                                                                               chest_cr_path):
     """With edits in a child process, a clean stop (SIGTERM) in the middle of an edit must neither fail
     the job nor count towards its quarantine: it goes back on the queue and the next start does it.
-    (The edit outlasts the embedded worker's 30 s of warm shutdown: 900 steps.)"""
+    (The edit, 900 steps, outlasts the 2 s the stopping node gives it: queue.stop_timeout_seconds.)"""
     cfg = f"""
 [requests]
 default_instruction = "{INSTRUCTION}"
 [edit]
 steps = 900
+[queue]
+stop_timeout_seconds = 2
 """
     src = _write(chest_copy(chest_cr_path, factor=8), tmp_path / "in" / "cr.dcm")
     var_dir = tmp_path / "node-var"

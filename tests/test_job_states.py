@@ -71,7 +71,7 @@ def test_a_cancel_landing_right_after_the_pipeline_looks_leaves_the_job_cancelle
                      source_path=str(source), instruction=instruction, params=params.to_dict(), state="queued")
 
     editor = ctx.editor()
-    real_edit, real_get = editor.edit, ctx.store.get
+    real_edit, real_get = editor.edit_batch, ctx.store.get  # the pipeline edits through edit_batch
     edited = {"done": False, "cancelled": False}
 
     def edit_then_flag(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -86,7 +86,7 @@ def test_a_cancel_landing_right_after_the_pipeline_looks_leaves_the_job_cancelle
             cancel_job(ctx, job_id)  # lands after this read, before the pipeline's next write
         return seen
 
-    editor.edit = edit_then_flag  # type: ignore[method-assign]
+    editor.edit_batch = edit_then_flag  # type: ignore[method-assign]
     ctx.store.get = get_then_cancel  # type: ignore[method-assign]
     outcome = run_job(ctx, job.id)
     ctx.store.get = real_get  # type: ignore[method-assign]

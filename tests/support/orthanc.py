@@ -140,6 +140,13 @@ class Orthanc:
             self.process.wait(5)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: the PACS is gone at once (a graceful stop lets it answer for a few more seconds)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
     def log_tail(self, chars: int = 2000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
