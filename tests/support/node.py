@@ -182,7 +182,10 @@ def start_node(
     config_path.write_text(config_toml)
     log_path = tmp_path / f"node-{n}.log"
     port = port or free_port()
-    api_port = api_port or free_port()
+    if api_port is None:
+        api_port = free_port()
+        while api_port == port:  # two free_port() calls may hand out the same port (seen once under load)
+            api_port = free_port()
     full_env = dict(os.environ)
     full_env.update(
         X2X_NODE__HOST="127.0.0.1",
