@@ -5,7 +5,6 @@ nothing about patients, and orchestrators probe them."""
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -14,24 +13,15 @@ from sqlalchemy import text
 from dicom_node.api.deps import get_ctx
 from dicom_node.context import NodeContext
 from dicom_node.jobs.queue import broker_reachable
+from dicom_node.send.probe import write_probe
 
 router = APIRouter(tags=["health"])
 
 
 def _check_spool(ctx: NodeContext) -> dict[str, Any]:
-    # Write, fsync and remove a probe file: permission bits alone say nothing when running as root,
-    # and a read-only mount or a full disk only shows when something is written.
     spool = ctx.settings.spool_dir
-    probe = spool / f".x2x-ready-{uuid.uuid4().hex}"
     try:
-        spool.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"ok")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        probe.unlink()
+        write_probe(spool, ".x2x-ready")  # a real write: permission bits say nothing for root
         st = os.statvfs(spool)
     except OSError as exc:
         return {"ok": False, "detail": f"spool {spool} not writable: {exc.strerror or exc}"}

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 from dicom_node.config import CStoreDestination, FolderDestination, StowDestination
@@ -88,18 +89,24 @@ def _http(dest: StowDestination, timeout: float) -> str | None:
     return None
 
 
-def _folder(dest: FolderDestination) -> str | None:
-    target = dest.path
-    probe_file = target / f".x2x-probe-{uuid.uuid4().hex}"
+def write_probe(folder: Path, prefix: str = ".x2x-probe") -> None:
+    """Create `folder` if needed, then write, fsync and remove a probe file in it (OSError when it cannot).
+    Permission bits alone say nothing when running as root, and a read-only mount or a full disk only
+    shows when something is written."""
+    probe_file = folder / f"{prefix}-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(probe_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        probe_file.unlink()
+        os.write(fd, b"probe")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    probe_file.unlink()
+
+
+def _folder(dest: FolderDestination) -> str | None:
+    try:
+        write_probe(dest.path)
     except OSError as exc:
-        return f"cannot write into {target}: {exc.strerror or exc}"
+        return f"cannot write into {dest.path}: {exc.strerror or exc}"
     return None
