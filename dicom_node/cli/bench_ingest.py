@@ -29,8 +29,6 @@ from dicom_node.cli.apps import bench_app
 from dicom_node.cli.bench_support import DCMTK_ENV, chest_cr_path, dcmtk, free_port, orthanc, stop_process, wait_echo
 from dicom_node.cli.errors import fail
 
-_ENV = DCMTK_ENV
-
 
 def make_instances(out_dir: Path, count: int, target_bytes: int = 1_000_000) -> list[Path]:
     """`count` copies of the chest CR, cropped to about `target_bytes` of pixel data, new UIDs."""
@@ -66,8 +64,8 @@ def _send(port: int, files: list[Path], concurrency: int) -> float:
     groups = [files[i::concurrency] for i in range(concurrency)]
     t0 = time.perf_counter()
     procs = [
-        subprocess.Popen([dcmtk("storescu"), "-R", "-aec", CALLED_AE, "127.0.0.1", str(port), *map(str, g)], env=_ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen([dcmtk("storescu"), "-R", "-aec", CALLED_AE, "127.0.0.1", str(port), *map(str, g)],
+                         env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for g in groups if g
     ]
     errors = [p.communicate()[1] for p in procs]
@@ -83,7 +81,7 @@ def _storescp(work: Path, fork: bool, name: str) -> Iterator[tuple[int, Path]]:
     out.mkdir()
     port = free_port()
     cmd = [dcmtk("storescp"), *(["--fork"] if fork else []), "-od", str(out), str(port)]
-    proc = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         wait_echo(port, proc)
@@ -98,7 +96,7 @@ def _x2x(work: Path, name: str, receiver_processes: int | None, fsync: bool = Tr
     var = work / f"x2x-{name}"
     var.mkdir()
     port = free_port()
-    env = dict(_ENV, X2X_NODE__HOST="127.0.0.1", X2X_NODE__PORT=str(port), X2X_PATHS__VAR_DIR=str(var),
+    env = dict(DCMTK_ENV, X2X_NODE__HOST="127.0.0.1", X2X_NODE__PORT=str(port), X2X_PATHS__VAR_DIR=str(var),
                X2X_API__ENABLED="false", X2X_API__PORT=str(free_port()),
                X2X_NODE__STUDY_QUIET_SECONDS="3600")  # no study processing during the measurement
     if not fsync:

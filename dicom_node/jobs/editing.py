@@ -106,4 +106,6 @@ def edit_and_write_batch(editor: Editor, jobs: Sequence[tuple[EditInput, Path]],
             model_id=result.model_id,
             model_hash=result.model_hash,
         )
-    return [r if r is not None else RuntimeError("no result") for r in results]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(jobs), "every job has its output or its exception"
+    return done

@@ -89,21 +89,24 @@ def _edit_and_encode(ctx: NodeContext, jobs: list[Job]) -> dict[int, EditOutput 
     return {job.id: result for job, result in zip(jobs, results, strict=True)}
 
 
+def _stopped(job: Job, stop: Stopped) -> JobOutcome:
+    log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job.id, stop.state)
+    return JobOutcome(stop.state)
+
+
 def _encoded(ctx: NodeContext, job: Job) -> JobOutcome:
     try:
         ensure_job_deliveries(ctx, job)
         _step(ctx, job.id, Action.ENCODED)
         return JobOutcome(JobState.ENCODED.value)
     except Stopped as stop:
-        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job.id, stop.state)
-        return JobOutcome(stop.state)
+        return _stopped(job, stop)
 
 
 def _edit_failed(ctx: NodeContext, job: Job, exc: BaseException) -> JobOutcome:
     """Recorded on the job; an edit error is not retried."""
     if isinstance(exc, Stopped):
-        log.info("job %s stopped: it is %s now (cancelled meanwhile?)", job.id, exc.state)
-        return JobOutcome(exc.state)
+        return _stopped(job, exc)
     log.error("job %s edit/encode failed: %s", job.id, type(exc).__name__, exc_info=exc)
     result = ctx.store.transition(job.id, Action.FAIL, attempts=(job.attempts or 0) + 1, last_error=error_text(exc),
                                   next_attempt_at=None)
