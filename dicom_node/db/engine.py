@@ -113,8 +113,8 @@ class Database:
         self.lock_retry_s = lock_retry_s
         self.engine = make_engine(url, busy_timeout_s)
         try:
+            upgrade_to_head(self.engine)  # first: it connects under the migration lock (a new file's WAL switch)
             _quick_check(self.engine, url)
-            upgrade_to_head(self.engine)
         except (DatabaseUnusable, SchemaTooNew):
             raise
         except SQLAlchemyError as exc:

@@ -68,25 +68,33 @@ def _sqlite_file(engine: Engine) -> Path | None:
 
 
 @contextlib.contextmanager
-def _exclusive(engine: Engine, connection: Connection) -> Iterator[None]:
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """SQLite: a lock file beside the database, taken before the first connection -- connecting to a new
+    file switches it to WAL, which concurrent first connections can fail with "database is locked"."""
     path = _sqlite_file(engine)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".migrate-lock"), "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    if path is None:
+        yield
         return
-    if engine.url.get_backend_name() == "postgresql":
-        connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".migrate-lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _server_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """PostgreSQL: an advisory lock on the migrating connection."""
+    if engine.url.get_backend_name() != "postgresql":
+        yield
         return
-    yield
+    connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
 
 
 def _cache_key(engine: Engine) -> tuple[str, int]:
@@ -104,7 +112,7 @@ def upgrade_to_head(engine: Engine) -> None:
     cfg = alembic_config()
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
-    with engine.connect() as connection, _exclusive(engine, connection):
+    with _file_lock(engine), engine.connect() as connection, _server_lock(engine, connection):
         current = current_revision(connection)
         if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
             raise SchemaTooNew(
