@@ -13,6 +13,7 @@ from editor.editor import Editor
 from editor.instructions import FindingSpec, InstructionError, ParsedInstruction, parse_instruction
 from editor.model import ModelInfo, ModelLoadError, describe_model, disable_progress_bars
 from editor.preprocess import DisplayMapping
+from editor.result_file import EditResultFileError, load_edit_result, save_edit_result
 from editor.source import UnsupportedImageError, source_from_dataset, source_from_file
 from editor.tiny import init_tiny_model
 from editor.types import EditItem, EditParams, EditResult, SourceImage
@@ -24,6 +25,7 @@ __all__ = [
     "EditItem",
     "EditParams",
     "EditResult",
+    "EditResultFileError",
     "Editor",
     "FindingInfo",
     "FindingSpec",
@@ -38,7 +40,9 @@ __all__ = [
     "disable_progress_bars",
     "guidance_overlay",
     "init_tiny_model",
+    "load_edit_result",
     "parse_instruction",
+    "save_edit_result",
     "source_from_dataset",
     "source_from_file",
     "to_uint8",

@@ -218,7 +218,7 @@ def test_node_dead_letters_while_pacs_down_then_retry_delivers_and_resend_adds_n
             assert done.returncode == 0, done.stderr
             (job,) = node.wait_for(lambda: _job_state(node, DONE), 120, "the retried job to be delivered")
             assert job["last_error"] is None
-            assert "objects already encoded" in node.log_text()  # the retry did not edit again
+            assert f"job {job['id']}: already edited" in node.log_text()  # the retry did not edit again
             _assert_study_in_orthanc(orthanc, source, with_source=True)
             assert orthanc.instance_count() == 6
 

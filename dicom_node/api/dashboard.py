@@ -34,7 +34,7 @@ table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #ddd;padding:6px 8px;text-align:left;vertical-align:top;font-size:13px}
 th{background:#eef0f3}.state{font-weight:600;padding:2px 6px;border-radius:3px}
 .done{background:#d8f5d8}.failed,.dead-letter{background:#f9d6d6}.cancelled{background:#e5e5e5}
-.queued,.received{background:#fff3c4}.editing,.encoding,.sending{background:#d6e6fb}
+.queued,.received{background:#fff3c4}.editing,.edited,.encoding,.sending{background:#d6e6fb}
 .thumbs{display:flex;gap:6px}.thumb{text-align:center;font-size:11px;color:#555}
 .thumb img,.ph{width:120px;height:120px;object-fit:contain;background:#111;display:block}
 .ph{display:flex;align-items:center;justify-content:center;color:#888;background:#333}
@@ -49,7 +49,8 @@ _SCRIPT = """
 const KINDS=[["source","source",false],["counterfactual","counterfactual",true],["overlay","guidance overlay",true]];
 const ENT={"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"};
 function esc(s){return String(s??"").replace(/[&<>"']/g,c=>ENT[c]);}
-function secs(t){if(!t)return"";return Object.entries(t).filter(([k,v])=>typeof v==="number"&&!k.startsWith("editor_"))
+function secs(t){if(!t)return"";return Object.entries(t)
+  .filter(([k,v])=>typeof v==="number"&&k.endsWith("_s")&&!k.startsWith("editor_"))
   .map(([k,v])=>esc(k.replace(/_s$/,""))+" "+v.toFixed(1)+" s").join("<br>");}
 function thumb(j,k,label,syn){return '<div class="thumb"><img alt="'+label+'" src="'+j.previews[k]+'?u='+
   encodeURIComponent(j.updated_at)+'" onerror="this.outerHTML=\\'<div class=ph>no '+label+'</div>\\'">'+
@@ -81,11 +82,12 @@ def _thumb(job: dict[str, Any], kind: str, label: str, synthetic: bool, present:
 
 
 def _timings(timings: dict[str, Any] | None) -> str:
-    """The pipeline's stages (edit, encode, send); the editor's own breakdown is in GET /jobs/{id}."""
+    """The pipeline's stages (edit, encode, send) in seconds; the editor's own breakdown and each stage's
+    detail are in GET /jobs/{id}."""
     return "<br>".join(
         f"{html.escape(k.removesuffix('_s'))} {v:.1f} s"
         for k, v in (timings or {}).items()
-        if isinstance(v, (int, float)) and not k.startswith("editor_")
+        if isinstance(v, (int, float)) and k.endswith("_s") and not k.startswith("editor_")
     )
 
 

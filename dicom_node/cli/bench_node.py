@@ -137,6 +137,19 @@ def _send(port: int, path: Path) -> float:
     return time.monotonic()
 
 
+def _flat(timings: dict[str, Any]) -> dict[str, float]:
+    """A job's numeric timings, each stage's detail flattened: {"encode_detail": {"read_s": x}} ->
+    {"encode_read_s": x}."""
+    out: dict[str, float] = {}
+    for key, value in timings.items():
+        if isinstance(value, dict):
+            stage = key.removesuffix("_detail")
+            out |= {f"{stage}_{k}": v for k, v in value.items() if isinstance(v, (int, float))}
+        elif isinstance(value, (int, float)):
+            out[key] = value
+    return out
+
+
 def _job_timings(api_port: int, study: str, wait_s: float = 30.0) -> dict[str, float]:
     """The study's job's stage timings, once the job has finished (its send time is recorded after the
     objects reached the destination)."""
@@ -151,7 +164,7 @@ def _job_timings(api_port: int, study: str, wait_s: float = 30.0) -> dict[str, f
         if not jobs:
             return {}
         if jobs[0]["state"] in ("done", "failed", "dead-letter") or time.monotonic() > deadline:
-            return dict(jobs[0].get("timings") or {})
+            return _flat(jobs[0].get("timings") or {})
         time.sleep(0.1)
 
 

@@ -10,7 +10,8 @@ from dicom_node.jobs.deliveries import deliveries, reset_deliveries
 from dicom_node.jobs.queue import send_delivery, send_task
 from dicom_node.jobs.states import TRANSITIONS, Action, JobState
 
-BEFORE_DELIVERY = (JobState.RECEIVED, JobState.QUEUED, JobState.EDITING, JobState.ENCODING, JobState.ENCODED)
+BEFORE_DELIVERY = (JobState.RECEIVED, JobState.QUEUED, JobState.EDITING, JobState.EDITED, JobState.ENCODING,
+                   JobState.ENCODED)
 
 
 class JobActionError(Exception):

@@ -1,30 +1,35 @@
-"""The edit step of a job, as a function of plain inputs: read the source, edit it, write the outputs.
+"""A job's two pieces of work, as functions of plain inputs: the edit (read the source, edit it, leave
+the edit's arrays in the job's results folder) and the encode (the five DICOM objects and previews made
+from those arrays).
 
 Plain (picklable) inputs and outputs, so the same code runs in the worker (`queue.edit_isolation =
-"none"`) and in the worker's memory-limited child process (jobs/sandbox.py). `on_edited` runs between
-the edit and the writing (the pipeline's transition to "encoding": it raises when the job was
-cancelled meanwhile, and then nothing is written). Several jobs can be edited together
-(`[worker] batch_size`): one model pass for all of them, each job's outcome its own.
+"none"`) and in the worker's memory-limited child processes (jobs/sandbox.py for edits,
+jobs/encode_process.py for encodes). They are separate so that the edit stage (GPU) hands over as soon
+as the model is done, and the next edit starts while the delivery stage encodes (CPU) and sends.
+Several jobs can be edited together (`[worker] batch_size`): one model pass for all of them, each
+job's outcome its own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 
-from dicom_node.results import write_outputs
+from dicom_node.results import edit_result_path, write_outputs
 from dicom_node.results.geometry import check_copy_depth
-from editor import EditItem, EditParams, source_from_dataset
+from editor import EditItem, EditParams, load_edit_result, save_edit_result, source_from_dataset
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from dicom_node.config import Settings
     from dicom_node.db.tables import Job
-    from editor import Editor
+    from editor import Editor, SourceImage
 
 
 class EditFailed(RuntimeError):
@@ -49,59 +54,67 @@ class EditInput:
 
 @dataclass(frozen=True)
 class EditOutput:
-    dicom: dict[str, Path]
+    """An edit done: its arrays are in the job's folder (`edit_result_path`), this is what the job records."""
+
     summary: dict[str, Any]
-    uids: dict[str, dict[str, str]]
     timings: dict[str, Any]
     model_id: str
     model_hash: str
 
 
-def edit_and_write_batch(editor: Editor, jobs: Sequence[tuple[EditInput, Path]], settings: Settings,
-                         on_edited: Callable[[int], None]) -> list[EditOutput | Exception]:
-    """Several jobs edited together (`Editor.edit_batch`: those that share a model grid and the
-    parameters of `EditParams.batch_key()` run one UNet call per step), each then written to its folder.
+@dataclass(frozen=True)
+class EncodeOutput:
+    dicom: dict[str, Path]
+    uids: dict[str, dict[str, str]]
+    timings: dict[str, Any]
 
-    Per job, in order: its EditOutput, or the exception that stopped it -- its source unreadable, its
-    edit failed, or `on_edited(job_id)` raised (then nothing of it is written). One job's failure never
-    stops the others. `edit_s` is the batch's edit time, shared (`edit_batch_size` says by how many)."""
+
+def read_source(source_path: str) -> tuple[Dataset, SourceImage]:
+    source_ds = dcmread(source_path)
+    check_copy_depth(source_ds)  # before anything copies it into the outputs (pydicom recurses)
+    return source_ds, source_from_dataset(source_ds)
+
+
+def edit_batch(editor: Editor, jobs: Sequence[tuple[EditInput, Path]]) -> list[EditOutput | Exception]:
+    """Several jobs edited together (`Editor.edit_batch`: those that share a model grid and the
+    parameters of `EditParams.batch_key()` run one UNet call per step), each job's arrays then saved
+    in its folder.
+
+    Per job, in order: its EditOutput, or the exception that stopped it (its source unreadable, its
+    edit failed, its arrays not saved). One job's failure never stops the others. `edit_s` is the
+    batch's edit time, shared (`edit_batch_size` says by how many)."""
     results: list[EditOutput | Exception | None] = [None] * len(jobs)
     items: list[EditItem] = []
-    loaded: list[tuple[int, Any, Any]] = []  # (index, source data set, SourceImage)
+    loaded: list[int] = []
     for index, (job, _out_dir) in enumerate(jobs):
         try:
-            source_ds = dcmread(job.source_path)
-            check_copy_depth(source_ds)  # before anything copies it into the outputs (pydicom recurses)
-            source = source_from_dataset(source_ds)
+            _source_ds, source = read_source(job.source_path)
         except Exception as exc:  # noqa: BLE001 - this job's problem only
             results[index] = exc
             continue
-        loaded.append((index, source_ds, source))
+        loaded.append(index)
         items.append(EditItem(source, job.instruction, job.seed, EditParams.from_dict(job.params)))
     t0 = time.monotonic()
     edited = editor.edit_batch(items, return_exceptions=True) if items else []
     edit_s = round(time.monotonic() - t0, 3)
-    for (index, source_ds, source), result in zip(loaded, edited, strict=True):
+    for index, result in zip(loaded, edited, strict=True):
         job, out_dir = jobs[index]
         if isinstance(result, Exception):
             results[index] = result
             continue
         try:
-            on_edited(job.job_id)
             t1 = time.monotonic()
-            written = write_outputs(result, out_dir, source=source, source_ds=source_ds,
-                                    job_key=job.idempotency_key, settings=settings)
-            encode_s = round(time.monotonic() - t1, 3)
-        except Exception as exc:  # noqa: BLE001 - a cancel (Stopped) or a write error: this job's
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_edit_result(result, edit_result_path(out_dir))
+            save_s = round(time.monotonic() - t1, 3)
+        except Exception as exc:  # noqa: BLE001 - a full disk, a removed folder: this job's
             results[index] = exc
             continue
-        timings = dict(job.timings) | {"edit_s": edit_s, "encode_s": encode_s}
+        timings = dict(job.timings) | {"edit_s": edit_s, "edit_detail": {"save_arrays_s": save_s}}
         if len(items) > 1:
             timings["edit_batch_size"] = len(items)
         results[index] = EditOutput(
-            dicom=written.dicom,
             summary=result.summary(),
-            uids=written.uids,
             timings=timings | {f"editor_{k}": v for k, v in result.timings.items()},
             model_id=result.model_id,
             model_hash=result.model_hash,
@@ -109,3 +122,20 @@ def edit_and_write_batch(editor: Editor, jobs: Sequence[tuple[EditInput, Path]],
     done = [r for r in results if r is not None]
     assert len(done) == len(jobs), "every job has its output or its exception"
     return done
+
+
+def encode_job(job: EditInput, out_dir: Path, settings: Settings) -> EncodeOutput:
+    """The five objects and previews of an edited job, made from the arrays its edit left in `out_dir`
+    and its source instance, written durably; the arrays file is removed once they are (the objects
+    are the record). EditResultFileError when the arrays are gone or torn: the job is edited again."""
+    t0 = time.monotonic()
+    arrays = edit_result_path(out_dir)
+    result = load_edit_result(arrays)
+    source_ds, source = read_source(job.source_path)
+    t1 = time.monotonic()
+    written = write_outputs(result, out_dir, source=source, source_ds=source_ds, job_key=job.idempotency_key,
+                            settings=settings)
+    arrays.unlink(missing_ok=True)
+    detail = {"read_s": round(t1 - t0, 4)} | written.timings  # + objects_s, previews_s, write_s
+    return EncodeOutput(dicom=written.dicom, uids=written.uids,
+                        timings={"encode_s": round(time.monotonic() - t0, 3), "encode_detail": detail})

@@ -73,13 +73,16 @@ class WorkerIdentity:
 
 
 def claim(store: JobStore, job_id: int, me: WorkerIdentity, action: Action = Action.CLAIM) -> bool:
-    """Atomically take a job for a stage — `Action.CLAIM` (queued -> editing) or `Action.SEND` (encoded, or
-    failed with its retry due -> sending) — and its lease; False if it is not there to take."""
+    """Atomically take a job for a stage — `Action.CLAIM` (queued -> editing), `Action.ENCODE` (edited ->
+    encoding: the delivery stage, which then sends) or `Action.SEND` (encoded, or failed with its retry
+    due -> sending) — and its lease; False if it is not there to take."""
     # an early duplicate of a delayed retry must not start it before its time (1 s clock slack)
     soon = utcnow() + dt.timedelta(seconds=1)
     if action is Action.SEND:  # encoded, or a failed delivery whose retry is due (never a failed edit)
         due = or_(Job.state == JobState.ENCODED.value,
                   and_(Job.next_attempt_at.is_not(None), Job.next_attempt_at <= soon))
+    elif action is Action.ENCODE:  # an edited job is always due
+        due = Job.state == JobState.EDITED.value
     else:
         due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= soon)
 
@@ -193,7 +196,8 @@ def recoverable_jobs(store: JobStore, *, lease_seconds: float, requeue_queued_af
         overdue = s.scalars(
             select(Job.id).where(
                 or_(
-                    and_(Job.state.in_((JobState.QUEUED.value, JobState.RECEIVED.value, JobState.ENCODED.value)),
+                    and_(Job.state.in_((JobState.QUEUED.value, JobState.RECEIVED.value, JobState.EDITED.value,
+                                        JobState.ENCODED.value)),
                          Job.updated_at < overdue_before,
                          or_(Job.next_attempt_at.is_(None), Job.next_attempt_at < overdue_before)),
                     # a failed job waiting for its retry: its ETA message may have died with a worker
@@ -229,11 +233,13 @@ def _drop_lease(job_id: int) -> Callable[[Session], None]:
 
 
 def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -> bool:
-    """Put an orphaned in-progress job back where its stage starts — queued (edit) or encoded (delivery) —
-    with one conditional UPDATE, so a live worker that renewed its lease in the meantime keeps the job,
-    and count the requeue. Returns True if this call requeued it."""
+    """Put an orphaned in-progress job back where its step starts — queued (edit), edited (encode) or
+    encoded (send) — with one conditional UPDATE, so a live worker that renewed its lease in the
+    meantime keeps the job, and count the requeue. Returns True if this call requeued it."""
     job = store.get(job_id)
-    action = Action.REQUEUE_DELIVERY if job is not None and job.state == JobState.SENDING else Action.REQUEUE
+    state = job.state if job is not None else None
+    action = {JobState.SENDING: Action.REQUEUE_DELIVERY, JobState.ENCODING: Action.REQUEUE_ENCODE}.get(
+        JobState(state) if state else JobState.EDITING, Action.REQUEUE)
     return store.transition(
         job_id, action, where=_orphan_conditions(store, job_id, lease_seconds), also=_drop_lease(job_id),
         requeues=Job.requeues + 1,

@@ -1,15 +1,17 @@
-"""One job, in two stages: edit (edit -> encode five DICOM objects + previews) and delivery (send them to
-every destination that asked). The Celery tasks run the stages on two queues (jobs/tasks.py), so the
-next edit starts while the previous job's objects are being encoded out and sent; `run_job` runs both
-in this thread (tests, a single-process embedding).
+"""One job, in two stages: edit (the model's work: the edit's arrays into the job's results folder) and
+delivery (encode the five DICOM objects + previews from them, then send them to every destination that
+asked). The Celery tasks run the stages on two queues (jobs/tasks.py), so the next edit starts while
+the previous job is being encoded and sent; `run_job` runs both in this thread (tests, a
+single-process embedding).
 
 Every step starts with its state transition (jobs/states.py); when the transition does not apply —
 an operator cancelled the job meanwhile — the stage stops there, so a cancel is never overwritten.
 
-Idempotent by construction: the objects' UIDs come from the job's key, and when all five objects are
-already on disk from an earlier attempt the edit is skipped. A delivery already delivered is never
-sent again. A failed delivery is retried with exponential backoff; after settings.send.max_attempts it
-is dead-lettered with the last error. Patient name / ID are never logged (UIDs and job ids only).
+Idempotent by construction: the objects' UIDs come from the job's key; when the edit's arrays or all
+five objects are already on disk from an earlier attempt the edit is skipped, and when the objects are
+the encode is. A delivery already delivered is never sent again. A failed delivery is retried with
+exponential backoff; after settings.send.max_attempts it is dead-lettered with the last error. Patient
+name / ID are never logged (UIDs and job ids only).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from dicom_node import metrics
 from dicom_node.context import NodeContext
 from dicom_node.db.tables import Delivery, Job, utcnow
 from dicom_node.jobs.deliveries import due_deliveries, ensure_job_deliveries, settle, transition_delivery
-from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write_batch
+from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, EncodeOutput, edit_batch, encode_job
+from dicom_node.jobs.encode_process import encoder_for
 from dicom_node.jobs.sandbox import sandbox_for
 from dicom_node.jobs.states import Action, DeliveryAction, JobState
-from dicom_node.results import result_files
+from dicom_node.results import edit_result_path, result_files
 from dicom_node.send import SendError, get_sender, lookup_destination
+from editor import EditResultFileError
 
 log = logging.getLogger("x2x.jobs.pipeline")
 
@@ -74,18 +78,14 @@ def _step(ctx: NodeContext, job_id: int, action: Action, **values: Any) -> None:
 
 
 # edit stage -------------------------------------------------------------------------------------------
-def _edit_and_encode(ctx: NodeContext, jobs: list[Job]) -> dict[int, EditOutput | BaseException]:
-    """Edit the sources together (`[worker] batch_size`; one job is a batch of one) and write each job's
-    five objects + previews: in the worker's memory-limited child process (jobs/sandbox.py) unless
+def _edit(ctx: NodeContext, jobs: list[Job]) -> dict[int, EditOutput | BaseException]:
+    """Edit the sources together (`[worker] batch_size`; one job is a batch of one), each job's arrays
+    saved in its folder: in the worker's memory-limited child process (jobs/sandbox.py) unless
     `queue.edit_isolation = "none"`. Per job: its output, or what stopped it."""
     batch = [(EditInput.of(job), job_results_dir(ctx, job.id)) for job in jobs]
-
-    def edited(job_id: int) -> None:  # raises Stopped when the job was cancelled meanwhile: not written
-        _step(ctx, job_id, Action.ENCODE)
-
     if ctx.settings.queue.edit_isolation == "process":
-        return sandbox_for(ctx.settings).run_batch(batch, on_edited=edited)
-    results = edit_and_write_batch(ctx.editor(), batch, ctx.settings, on_edited=edited)
+        return sandbox_for(ctx.settings).run_batch(batch)
+    results = edit_batch(ctx.editor(), batch)
     return {job.id: result for job, result in zip(jobs, results, strict=True)}
 
 
@@ -94,33 +94,38 @@ def _stopped(job: Job, stop: Stopped) -> JobOutcome:
     return JobOutcome(stop.state)
 
 
-def _encoded(ctx: NodeContext, job: Job) -> JobOutcome:
+def _edited(ctx: NodeContext, job: Job) -> JobOutcome:
     try:
         ensure_job_deliveries(ctx, job)
-        _step(ctx, job.id, Action.ENCODED)
-        return JobOutcome(JobState.ENCODED.value)
+        _step(ctx, job.id, Action.EDITED)
+        return JobOutcome(JobState.EDITED.value)
     except Stopped as stop:
         return _stopped(job, stop)
 
 
-def _edit_failed(ctx: NodeContext, job: Job, exc: BaseException) -> JobOutcome:
-    """Recorded on the job; an edit error is not retried."""
+def _failed(ctx: NodeContext, job: Job, exc: BaseException, what: str) -> JobOutcome:
+    """Recorded on the job; an edit or encode error is not retried (the same input fails the same way)."""
     if isinstance(exc, Stopped):
         return _stopped(job, exc)
-    log.error("job %s edit/encode failed: %s", job.id, type(exc).__name__, exc_info=exc)
+    log.error("job %s %s failed: %s", job.id, what, type(exc).__name__, exc_info=exc)
     result = ctx.store.transition(job.id, Action.FAIL, attempts=(job.attempts or 0) + 1, last_error=error_text(exc),
                                   next_attempt_at=None)
     return JobOutcome(result.state or JobState.FAILED.value)
 
 
+def _already_edited(ctx: NodeContext, job_id: int) -> bool:
+    folder = job_results_dir(ctx, job_id)
+    return edit_result_path(folder).is_file() or result_files(folder) is not None
+
+
 def run_edit(ctx: NodeContext, job_id: int) -> JobOutcome:
-    """The edit stage of a claimed job (state editing): its objects on disk, then state encoded."""
+    """The edit stage of a claimed job (state editing): its arrays on disk, then state edited."""
     return run_edits(ctx, [job_id])[job_id]
 
 
 def run_edits(ctx: NodeContext, job_ids: list[int]) -> dict[int, JobOutcome]:
-    """The edit stage of claimed jobs (state editing), edited together: each job's objects on disk, then
-    state encoded -- or failed with its own error; one job's failure never fails the others (a failure
+    """The edit stage of claimed jobs (state editing), edited together: each job's arrays on disk, then
+    state edited -- or failed with its own error; one job's failure never fails the others (a failure
     of the edit process itself is every job's)."""
     outcomes: dict[int, JobOutcome] = {}
     todo: list[Job] = []
@@ -130,30 +135,67 @@ def run_edits(ctx: NodeContext, job_ids: list[int]) -> dict[int, JobOutcome]:
             raise KeyError(f"no job {job_id}")
         if job.state != JobState.EDITING:
             outcomes[job_id] = JobOutcome(job.state)
-        elif result_files(job_results_dir(ctx, job_id)) is not None:
-            log.info("job %s: objects already encoded in %s", job_id, job_results_dir(ctx, job_id))
-            outcomes[job_id] = _encoded(ctx, job)
+        elif _already_edited(ctx, job_id):
+            log.info("job %s: already edited in %s", job_id, job_results_dir(ctx, job_id))
+            outcomes[job_id] = _edited(ctx, job)
         else:
             todo.append(job)
     if not todo:
         return outcomes
     try:
-        results = _edit_and_encode(ctx, todo)
+        results = _edit(ctx, todo)
     except Exception as exc:  # noqa: BLE001 - the edit process died, the model would not load, ...
         results = {job.id: exc for job in todo}
     for job in todo:
         result = results[job.id]
         if isinstance(result, BaseException):
-            outcomes[job.id] = _edit_failed(ctx, job, result)
+            outcomes[job.id] = _failed(ctx, job, result, "edit")
             continue
-        ctx.store.update(job.id, result=result.summary, output_uids=result.uids, timings=result.timings,
-                         model_id=result.model_id, model_hash=result.model_hash)
-        log.info("job %s encoded 5 objects in %s", job.id, job_results_dir(ctx, job.id))
-        outcomes[job.id] = _encoded(ctx, job)
+        ctx.store.update(job.id, result=result.summary, timings=result.timings, model_id=result.model_id,
+                         model_hash=result.model_hash)
+        log.info("job %s edited", job.id)
+        outcomes[job.id] = _edited(ctx, job)
     return outcomes
 
 
 # delivery stage ---------------------------------------------------------------------------------------
+def _encode(ctx: NodeContext, job: Job) -> EncodeOutput:
+    folder = job_results_dir(ctx, job.id)
+    if ctx.settings.queue.edit_isolation == "process":
+        return encoder_for(ctx.settings).encode(EditInput.of(job), folder)
+    return encode_job(EditInput.of(job), folder, ctx.settings)
+
+
+def run_encode(ctx: NodeContext, job_id: int) -> JobOutcome:
+    """The delivery stage's first step for a job taken to encode (state encoding): its five objects and
+    previews on disk, then state encoded. When the edit's arrays are gone (removed, torn by a crash)
+    the job goes back to the edit queue (state queued: the caller sends it there)."""
+    job = ctx.store.get(job_id)
+    if job is None:
+        raise KeyError(f"no job {job_id}")
+    if job.state != JobState.ENCODING:
+        return JobOutcome(job.state)
+    if result_files(job_results_dir(ctx, job_id)) is None:
+        try:
+            encoded = _encode(ctx, job)
+        except EditResultFileError as exc:
+            log.warning("job %s: edited again: %s", job_id, exc)
+            edit_result_path(job_results_dir(ctx, job_id)).unlink(missing_ok=True)  # torn: not "already edited"
+            result = ctx.store.transition(job_id, Action.REQUEUE)
+            return JobOutcome(result.state or JobState.QUEUED.value)
+        except Exception as exc:  # noqa: BLE001 - the encode's own error, recorded on the job
+            return _failed(ctx, job, exc, "encode")
+        fresh = ctx.store.get(job_id)
+        timings = dict(fresh.timings or {}) if fresh is not None else {}
+        ctx.store.update(job_id, output_uids=encoded.uids, timings=timings | encoded.timings)
+        log.info("job %s encoded 5 objects in %s", job_id, job_results_dir(ctx, job_id))
+    try:
+        _step(ctx, job_id, Action.ENCODED)
+    except Stopped as stop:
+        return _stopped(job, stop)
+    return JobOutcome(JobState.ENCODED.value)
+
+
 def _deliver(ctx: NodeContext, job: Job, delivery: Delivery, paths: list[Path]) -> float | None:
     """One attempt of one delivery: delivered, failed (retry with backoff: returns the delay) or
     dead-lettered."""
@@ -222,6 +264,20 @@ def run_deliveries(ctx: NodeContext, job_id: int, *, due_only: bool = True) -> J
     return JobOutcome(settled.state, retry_in)
 
 
+def run_delivery_stage(ctx: NodeContext, job_id: int) -> JobOutcome:
+    """The delivery stage of a job taken for it: encode it first when it was taken edited (state
+    encoding), then deliver (state sending)."""
+    job = ctx.store.get(job_id)
+    if job is not None and job.state == JobState.ENCODING:
+        encoded = run_encode(ctx, job_id)
+        if encoded.state != JobState.ENCODED:
+            return encoded
+        taken = ctx.store.transition(job_id, Action.SEND)
+        if not taken.changed:
+            return JobOutcome(taken.state or "missing")
+    return run_deliveries(ctx, job_id)
+
+
 # both stages here -------------------------------------------------------------------------------------
 def run_job(ctx: NodeContext, job_id: int) -> JobOutcome:
     """Both stages of job `job_id` in this thread, whatever stage it is in: a job not yet claimed is
@@ -238,13 +294,19 @@ def run_job(ctx: NodeContext, job_id: int) -> JobOutcome:
         if not claimed.changed:
             return JobOutcome(claimed.state or "missing")
         job.state = JobState.EDITING.value
-    if job.state in (JobState.EDITING, JobState.ENCODING):
-        if job.state == JobState.ENCODING:  # an interrupted encode: redo the stage from the start
-            ctx.store.transition(job_id, Action.REQUEUE)
-            ctx.store.transition(job_id, Action.CLAIM)
-        outcome = run_edit(ctx, job_id)
-        if outcome.state != JobState.ENCODED:
-            return outcome
+    if job.state == JobState.EDITING:
+        edited = run_edit(ctx, job_id)
+        if edited.state != JobState.EDITED:
+            return edited
+        job.state = JobState.EDITED.value
+    if job.state == JobState.ENCODING:  # an interrupted encode: take it again
+        ctx.store.transition(job_id, Action.REQUEUE_ENCODE)
+        job.state = JobState.EDITED.value
+    if job.state == JobState.EDITED:
+        ctx.store.transition(job_id, Action.ENCODE)
+        encoded = run_encode(ctx, job_id)
+        if encoded.state != JobState.ENCODED:  # queued: the edit's arrays were gone (run it again)
+            return encoded
     elif job.state == JobState.FAILED and result_files(job_results_dir(ctx, job_id)) is None:
         return JobOutcome(job.state)  # the edit failed: an operator's retry runs it again
     taken = ctx.store.transition(job_id, Action.SEND)

@@ -12,11 +12,10 @@ allocate memory"), the job fails with that reason and the child lives on; if the
 
 One long-lived child per worker process (spawned, never forked: torch and CUDA do not survive a fork),
 loading the model once. Protocol over a pipe: the parent sends a batch [(EditInput, out_dir), ...]
-(one job, or `[worker] batch_size` of them edited together); per job whose edit succeeded the child
-says ("edited", job id) and the parent answers "encode" (it moved the job to encoding) or "stop" (it was
-cancelled); per job the child then says ("result", (job id, "done" | "error" | "stopped", EditOutput or
-text)); last ("end", None), or ("end", text) after a memory error: the child exits after it, giving its
-memory back, and jobs without a result fail with that text.
+(one job, or `[worker] batch_size` of them edited together); per job the child says ("result", (job
+id, "done" | "error", EditOutput or text)); last ("end", None), or ("end", text) after a memory error:
+the child exits after it, giving its memory back, and jobs without a result fail with that text.
+The child edits and saves each job's arrays; the delivery stage encodes them (jobs/encode_process.py).
 """
 
 from __future__ import annotations
@@ -27,12 +26,11 @@ import multiprocessing as mp
 import os
 import threading
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Settings
-from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_and_write_batch
+from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_batch
 
 log = logging.getLogger("x2x.jobs.sandbox")
 
@@ -44,10 +42,6 @@ class EditProcessDied(EditFailed):
 class SandboxStopping(BaseException):  # noqa: N818 - not an error of the job: the worker is stopping
     """The worker stops its edit process while an edit runs: the job is put back on the queue, not
     failed (BaseException, so that no job-level handler records it as the job's error)."""
-
-
-class EditCancelled(Exception):
-    """`on_edited` refused (the job was cancelled): nothing was written."""
 
 
 def memory_limit_bytes(settings: Settings) -> int:
@@ -86,12 +80,6 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
         if message == "quit":
             return
         batch = [(job, Path(out_dir)) for job, out_dir in message]
-
-        def edited(job_id: int) -> None:
-            conn.send(("edited", job_id))
-            if conn.recv() != "encode":
-                raise EditCancelled()
-
         try:
             if editor is None:
                 from dicom_node.threads import configure_torch
@@ -102,14 +90,12 @@ def _child_main(conn: Any, settings: Settings, limit: int, parent: int) -> None:
                 editor = Editor.from_pretrained(resolve_model_path(settings), device=settings.model.device,
                                                 dtype=settings.model.dtype,
                                                 single_file_config=settings.model.single_file_config)
-            results = edit_and_write_batch(editor, batch, settings, edited)
+            results = edit_batch(editor, batch)
         except Exception as exc:  # noqa: BLE001 - loading the model: every job's error
             results = [exc] * len(batch)
         fatal = None
         for (job, _out_dir), result in zip(batch, results, strict=True):
-            if isinstance(result, EditCancelled):
-                conn.send(("result", (job.job_id, "stopped", None)))
-            elif isinstance(result, Exception):
+            if isinstance(result, Exception):
                 text = _error_text(result)
                 if _is_memory_error(result):
                     text = fatal = (f"the edit needed more memory than queue.edit_memory_limit_mb allows "
@@ -170,21 +156,11 @@ class EditSandbox:
                     f"{self.limit // 2**20} MB (queue.edit_memory_limit_mb)"
                 )
 
-    def _send(self, conn: Any, message: Any) -> None:
-        try:
-            conn.send(message)
-        except (OSError, ValueError) as exc:
-            if self._stopping:
-                raise SandboxStopping() from exc
-            self._shutdown()
-            raise EditProcessDied(f"the edit's process closed its pipe ({exc})") from exc
-
-    def run_batch(self, jobs: list[tuple[EditInput, Path]], on_edited: Callable[[int], None]
-                  ) -> dict[int, EditOutput | BaseException]:
-        """Edit several jobs together in the child, each written to its folder: job id -> its EditOutput
-        or the exception that stopped it (EditFailed with the child's text; whatever `on_edited(job_id)`
-        raised, and then nothing of that job is written). SandboxStopping (raised) when the worker stops
-        this sandbox meanwhile; EditProcessDied (raised) when the child dies."""
+    def run_batch(self, jobs: list[tuple[EditInput, Path]]) -> dict[int, EditOutput | BaseException]:
+        """Edit several jobs together in the child, each job's arrays saved in its folder: job id -> its
+        EditOutput or the exception that stopped it (EditFailed with the child's text). SandboxStopping
+        (raised) when the worker stops this sandbox meanwhile; EditProcessDied (raised) when the child
+        dies."""
         with self._lock:
             if self._stopping:
                 raise SandboxStopping()
@@ -197,25 +173,14 @@ class EditSandbox:
                 self._shutdown()
                 self._start()
                 self._conn.send(message)
-            conn, proc = self._conn, self._proc
+            proc = self._proc
             results: dict[int, EditOutput | BaseException] = {}
-            refused: dict[int, BaseException] = {}
             while True:
                 kind, value = self._receive()
-                if kind == "edited":
-                    try:
-                        on_edited(value)
-                    except BaseException as exc:  # noqa: BLE001 - that job only (a cancel): not written
-                        refused[value] = exc
-                        self._send(conn, "stop")
-                        continue
-                    self._send(conn, "encode")
-                elif kind == "result":
+                if kind == "result":
                     job_id, how, payload = value
                     if how == "done":
                         results[job_id] = payload
-                    elif how == "stopped" and job_id in refused:
-                        results[job_id] = refused[job_id]
                     else:
                         results[job_id] = EditFailed(payload or f"edit process answered {how!r}")
                 elif kind == "end":

@@ -2,14 +2,16 @@
 may start from.
 
 A job is one edit under one key, delivered to every destination that asked for it. Two stages, on two
-queues, so the next edit starts while the previous job's objects are still being sent:
+queues, so the next edit starts while the previous job's objects are still being encoded and sent:
 
-    edit stage      received -> queued -> editing -> encoding -> encoded
-    delivery stage  encoded -> sending -> done | failed (a delivery waits for its retry) | dead-letter
+    edit stage      received -> queued -> editing -> edited (the edit's arrays in its results folder)
+    delivery stage  edited -> encoding -> encoded (the five objects on disk) -> sending
+                    -> done | failed (a delivery waits for its retry) | dead-letter
                     failed --(retry due)--> sending ; done/failed/dead-letter --reopen--> encoded
                     (a destination added, or one delivery retried by the operator)
     operator        any unfinished state --cancel--> cancelled ; failed/dead-letter/cancelled --retry--> queued
-    recovery        editing/encoding --requeue--> queued ; sending --requeue-delivery--> encoded
+    recovery        editing --requeue--> queued ; encoding --requeue-encode--> edited (or --requeue-->
+                    queued when the edit's arrays are gone) ; sending --requeue-delivery--> encoded
 
 `JobStore.transition(job_id, action)` applies one row of TRANSITIONS as a single conditional UPDATE
 (`... WHERE state IN <allowed>`), and is the only code that writes a job's state. Two actors racing on
@@ -28,6 +30,7 @@ class JobState(str, enum.Enum):
     RECEIVED = "received"
     QUEUED = "queued"
     EDITING = "editing"
+    EDITED = "edited"  # the edit's arrays on disk, waiting for the delivery stage to encode them
     ENCODING = "encoding"
     ENCODED = "encoded"  # objects on disk, waiting for the delivery stage
     SENDING = "sending"
@@ -43,16 +46,18 @@ class JobState(str, enum.Enum):
 class Action(str, enum.Enum):
     QUEUE = "queue"  # put on the edit queue
     CLAIM = "claim"  # an edit worker takes the job
-    ENCODE = "encode"  # edit finished: writing the DICOM objects
-    ENCODED = "encoded"  # objects written: hand over to the delivery stage
-    SEND = "send"  # a delivery worker takes the job (first delivery, or a failed one's retry falling due)
+    EDITED = "edited"  # edit finished, its arrays saved: hand over to the delivery stage
+    ENCODE = "encode"  # a delivery worker takes the job to write its DICOM objects
+    ENCODED = "encoded"  # objects written
+    SEND = "send"  # deliver them (right after encoding, or a failed delivery's retry falling due)
     FINISH = "finish"  # delivered everywhere (or nowhere to deliver)
     FAIL = "fail"  # an attempt failed; `next_attempt_at` says when a retry runs by itself (None: never)
     DEAD_LETTER = "dead-letter"  # failed for good: only an operator brings it back
     REOPEN = "reopen"  # a destination was added or one delivery retried: deliver again
     CANCEL = "cancel"  # operator: stop it (a running stage finishes, the next one does not start)
     RETRY = "retry"  # operator: queue a failed, dead-lettered or cancelled job again
-    REQUEUE = "requeue"  # its edit worker is gone: back to the edit queue
+    REQUEUE = "requeue"  # its edit worker is gone (or the edit's arrays are): back to the edit queue
+    REQUEUE_ENCODE = "requeue-encode"  # its delivery worker died encoding: back to the delivery queue
     REQUEUE_DELIVERY = "requeue-delivery"  # its delivery worker is gone: back to the delivery queue
 
     def __str__(self) -> str:
@@ -60,8 +65,9 @@ class Action(str, enum.Enum):
 
 
 S = JobState
-EDIT_IN_PROGRESS = frozenset({S.EDITING, S.ENCODING})
-IN_PROGRESS = EDIT_IN_PROGRESS | {S.SENDING}
+EDIT_IN_PROGRESS = frozenset({S.EDITING})
+DELIVERY_IN_PROGRESS = frozenset({S.ENCODING, S.SENDING})
+IN_PROGRESS = EDIT_IN_PROGRESS | DELIVERY_IN_PROGRESS
 TERMINAL = frozenset({S.DONE, S.DEAD_LETTER, S.CANCELLED})
 
 
@@ -76,8 +82,9 @@ class Transition:
 TRANSITIONS: dict[Action, Transition] = {
     Action.QUEUE: Transition(frozenset({S.RECEIVED, S.QUEUED}), S.QUEUED),
     Action.CLAIM: Transition(frozenset({S.RECEIVED, S.QUEUED}), S.EDITING, sets_started=True),
-    Action.ENCODE: Transition(frozenset({S.EDITING}), S.ENCODING),
-    Action.ENCODED: Transition(EDIT_IN_PROGRESS, S.ENCODED),
+    Action.EDITED: Transition(frozenset({S.EDITING}), S.EDITED),
+    Action.ENCODE: Transition(frozenset({S.EDITED}), S.ENCODING),
+    Action.ENCODED: Transition(frozenset({S.ENCODING}), S.ENCODED),
     Action.SEND: Transition(frozenset({S.ENCODED, S.FAILED}), S.SENDING),
     Action.FINISH: Transition(IN_PROGRESS, S.DONE, sets_finished=True),
     Action.FAIL: Transition(IN_PROGRESS, S.FAILED, sets_finished=True),
@@ -85,7 +92,8 @@ TRANSITIONS: dict[Action, Transition] = {
     Action.REOPEN: Transition(frozenset({S.SENDING, S.DONE, S.FAILED, S.DEAD_LETTER}), S.ENCODED),
     Action.CANCEL: Transition(frozenset(S) - {S.DONE, S.CANCELLED}, S.CANCELLED, sets_finished=True),
     Action.RETRY: Transition(frozenset({S.FAILED, S.DEAD_LETTER, S.CANCELLED}), S.QUEUED),
-    Action.REQUEUE: Transition(EDIT_IN_PROGRESS, S.QUEUED),
+    Action.REQUEUE: Transition(frozenset({S.EDITING, S.ENCODING}), S.QUEUED),
+    Action.REQUEUE_ENCODE: Transition(frozenset({S.ENCODING}), S.EDITED),
     Action.REQUEUE_DELIVERY: Transition(frozenset({S.SENDING}), S.ENCODED),
 }
 

@@ -21,7 +21,7 @@ def _resume(ctx: NodeContext, job_id: int, state: str, countdown: float = 0.0) -
             enqueue(ctx, job_id, countdown)
         else:
             send_task(ctx, job_id, countdown)
-    elif state in (JobState.ENCODED, JobState.FAILED):
+    elif state in (JobState.EDITED, JobState.ENCODED, JobState.FAILED):
         send_delivery(ctx, job_id, countdown)
 
 
@@ -58,7 +58,8 @@ def resend_queued(ctx: NodeContext) -> int:
     embedded SQLite broker, whose messages taken by a killed worker are never redelivered; a duplicate
     message is a no-op because a job is taken atomically."""
     now = utcnow()
-    waiting = ctx.store.list(state=[JobState.QUEUED.value, JobState.ENCODED.value, JobState.FAILED.value],
+    waiting = ctx.store.list(state=[JobState.QUEUED.value, JobState.EDITED.value, JobState.ENCODED.value,
+                                    JobState.FAILED.value],
                              limit=100_000)
     sent = 0
     for job in waiting:

@@ -1,6 +1,7 @@
 """The Celery tasks: one per stage. An edit task runs the edit stage of one job -- or of up to
 `[worker] batch_size` queued jobs that can share one model pass, claimed together -- and hands each to
-the delivery queue; a delivery task runs the delivery stage (and queues its own retry when one is due)."""
+the delivery queue; a delivery task runs the delivery stage (encode, when the job comes edited, then
+send; it queues its own retry when one is due)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 from dicom_node.context import NodeContext, build_context
 from dicom_node.jobs import leases
 from dicom_node.jobs.celery_app import celery_app, delivery_app
-from dicom_node.jobs.pipeline import JobOutcome, run_deliveries, run_edits
+from dicom_node.jobs.pipeline import JobOutcome, run_delivery_stage, run_edits
 from dicom_node.jobs.queue import DELIVER_TASK, EDIT_TASK, send_delivery, send_task
 from dicom_node.jobs.sandbox import SandboxStopping
 from dicom_node.jobs.states import Action, JobState
@@ -64,7 +65,8 @@ def _attempt(ctx: NodeContext, job_id: int, stage: Action, run: StageRun, compan
         if stage is Action.CLAIM:  # operators (and the scale-out tests) follow an edit by this line
             log.info("job %s claimed by %s", taken, me.worker_id)
         else:
-            log.info("job %s taken for delivery by %s", taken, me.worker_id)
+            log.info("job %s taken for %s by %s", taken, "encoding" if stage is Action.ENCODE else "delivery",
+                     me.worker_id)
     if len(ids) > 1:
         log.info("jobs %s edited together (worker.batch_size=%d)", ids, ctx.settings.worker.batch_size)
     interval = max(0.5, ctx.settings.queue.lease_seconds / 3)
@@ -98,7 +100,7 @@ def edit_job_task(job_id: int) -> dict[str, Any]:
     ctx = worker_context()
     taken, outcomes = _attempt(ctx, job_id, Action.CLAIM, run_edits, companions=ctx.settings.worker.batch_size - 1)
     for edited_id, outcome in outcomes.items():
-        if outcome.state == JobState.ENCODED:
+        if outcome.state == JobState.EDITED:
             send_delivery(ctx, edited_id)
         log.info("job %s edit stage ended: %s", edited_id, outcome.state)
     own = outcomes.get(job_id)
@@ -106,14 +108,18 @@ def edit_job_task(job_id: int) -> dict[str, Any]:
 
 
 def _deliver_one(ctx: NodeContext, ids: list[int]) -> dict[int, JobOutcome]:
-    return {ids[0]: run_deliveries(ctx, ids[0])}
+    return {ids[0]: run_delivery_stage(ctx, ids[0])}
 
 
 def deliver_job(job_id: int) -> dict[str, Any]:
     ctx = worker_context()
-    taken, outcomes = _attempt(ctx, job_id, Action.SEND, _deliver_one)
+    job = ctx.store.get(job_id)
+    stage = Action.ENCODE if job is not None and job.state == JobState.EDITED else Action.SEND
+    taken, outcomes = _attempt(ctx, job_id, stage, _deliver_one)
     outcome = outcomes.get(job_id)
-    if outcome is not None and outcome.state == JobState.ENCODED:  # a destination was added meanwhile
+    if outcome is not None and outcome.state == JobState.QUEUED:  # its edit's arrays were gone: edit again
+        send_task(ctx, job_id)
+    elif outcome is not None and outcome.state == JobState.ENCODED:  # a destination was added meanwhile
         send_delivery(ctx, job_id)
     elif outcome is not None and outcome.retry_in is not None:
         send_delivery(ctx, job_id, countdown=outcome.retry_in)

@@ -3,6 +3,8 @@
 Each process serves one or both stages. The edit stage ([queue] queue_name) runs one job at a time
 (solo pool: the GPU, or the CPU cores, are one resource); the delivery stage ([queue]
 delivery_queue_name) runs in its own thread pool, so encoding out and sending overlap the next edit.
+With `queue.edit_isolation = "process"` edits run in the edit child (jobs/sandbox.py) and encodes in
+the encode child (jobs/encode_process.py), started with the worker.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from dicom_node.context import NodeContext
 from dicom_node.jobs import tasks
 from dicom_node.jobs.celery_app import celery_app, configure_celery, delivery_app
+from dicom_node.jobs.encode_process import encoder_for, stop_encoders
 from dicom_node.jobs.sandbox import stop_sandboxes
 from dicom_node.jobs.sweeper import Sweeper
 
@@ -36,6 +39,12 @@ def _prepare(ctx: NodeContext) -> None:
     celery_app.finalize()
     celery_app.set_current()
     celery_app.set_default()
+
+
+def _start_encoder(ctx: NodeContext, stages: tuple[str, ...]) -> None:
+    """The encode child, spawned now so that the first job does not wait for its imports."""
+    if "deliver" in stages and ctx.settings.queue.edit_isolation == "process":
+        encoder_for(ctx.settings).start()
 
 
 def _app(stage: str) -> Any:
@@ -90,8 +99,10 @@ class EmbeddedWorker:
         host = hostname or socket.gethostname()
         self.controllers = [_ThreadedController(ctx, stage, f"x2x-embedded-{stage}@{host}") for stage in STAGES]
         self._sweeper = Sweeper(ctx, kind="embedded")
+        self._ctx = ctx
 
     def start(self, timeout: float = 30.0) -> EmbeddedWorker:
+        _start_encoder(self._ctx, STAGES)
         for controller in self.controllers:
             controller.start()
         for controller in self.controllers:
@@ -115,6 +126,7 @@ class EmbeddedWorker:
         stop_sandboxes()
         for stopper in stoppers:  # the edit task returns once its edit process is gone
             stopper.join(10)
+        stop_encoders()
 
 
 def start_embedded_worker(ctx: NodeContext) -> None:
@@ -148,6 +160,7 @@ def run_worker(
     name = hostname or f"x2x-worker-{socket.gethostname()}-{os.getpid()}@{socket.gethostname()}"
     side = [_ThreadedController(ctx, stage, f"{stage}-{name}") for stage in stages[1:]]
     sweeper = Sweeper(ctx, kind="worker").start()
+    _start_encoder(ctx, stages)
     for controller in side:
         controller.start()
     try:
@@ -167,6 +180,7 @@ def run_worker(
             controller.stop(30.0)
         sweeper.stop()
         stop_sandboxes()
+        stop_encoders()
 
 
 def _route_celery_console_messages() -> None:

@@ -6,6 +6,8 @@
                                                                 display mapping (what the editor saw)
     guidance_overlay.png mask.png relevance.npy guidance.npy    analysis files (`x2x edit`), full size
     result.json                                                 EditResult.summary() + object UIDs
+    edit-result.npz                                             the node's hand-over from its edit stage
+                                                                to its encode (removed once encoded)
 
 Every file is written to a temporary name, all of them are made durable together (their fsyncs
 run concurrently, so the file system commits them as a group instead of one journal commit per file),
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 PREVIEW_NAMES = ("source.png", "counterfactual.png", "overlay.png")
 ANALYSIS_NAMES = ("guidance_overlay.png", "mask.png", "relevance.npy", "guidance.npy")
+EDIT_RESULT_NAME = "edit-result.npz"
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def write_outputs(
 ) -> WrittenOutputs:
     """Write the edit's files into `out_dir` (see the module docstring); the five objects only when
     `source_ds` (the source's DICOM data set) is given, with UIDs derived from `job_key` and the
-    Series / Content Date and Time `edit_time` (default: now, i.e. as the edit finishes)."""
+    Series / Content Date and Time `edit_time` (default: now, i.e. as the objects are made)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = WrittenOutputs()
     t0 = time.perf_counter()
@@ -191,6 +194,11 @@ def save_objects(datasets: dict[str, Dataset], out_dir: Path) -> dict[str, Path]
     """Each object as <kind>.dcm (Part 10 file), atomically; returns kind -> path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return dict(zip(datasets, _durable(_object_writers(datasets, out_dir)), strict=True))
+
+
+def edit_result_path(out_dir: Path) -> Path:
+    """Where the node's edit stage leaves the edit's arrays for the delivery stage to encode."""
+    return out_dir / EDIT_RESULT_NAME
 
 
 def result_files(out_dir: Path) -> dict[str, Path] | None:
