@@ -92,9 +92,10 @@ def test_scp_and_api_processes_start_no_torch_pool(
     for name in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     with run_node(tmp_path, model_dir=tiny_model_dir, receiver_processes=2) as node:
+        # spawned: the two receivers and the encode process (the edit process starts with the first edit)
         receivers = [p for p in _children(node.proc.pid)
                      if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        assert len(receivers) == 2, receivers
+        assert len(receivers) == 3, receivers
         for pid in [node.proc.pid, *receivers]:
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert "libtorch" not in maps and "libgomp" not in maps, f"process {pid} loaded torch/OpenMP"
