@@ -87,12 +87,13 @@ class QueueConfig(_Section):
         "quarantines it (dead-letter, with the reason) so one poisonous job cannot kill worker after worker",
     )
     edit_isolation: Literal["process", "none"] = Field(
-        "process", description="process = each worker runs its edits in a child process under "
-        "edit_memory_limit_mb (a runaway edit fails its job, never the worker); none = in the worker itself",
+        "process", description="process = each worker runs its edits in one child process and its encodes in "
+        "another, both under edit_memory_limit_mb (a runaway edit or encode fails its job, never the worker); "
+        "none = in the worker itself",
     )
     edit_memory_limit_mb: int = Field(
-        0, ge=0, description="memory an edit's child process may use (RLIMIT_DATA, MB); 0 = half of this "
-        "machine's memory",
+        0, ge=0, description="memory the edit's (and the encode's) child process may use (RLIMIT_DATA, MB); "
+        "0 = half of this machine's memory",
     )
     stop_timeout_seconds: float = Field(
         30.0, ge=0, description="how long `x2x serve`, stopping, lets a running edit finish; after it the edit "
