@@ -22,6 +22,7 @@ from dicom_node.jobs import leases
 from dicom_node.jobs.editing import EditInput, encode_job
 from dicom_node.jobs.encode_process import EncodeProcess
 from dicom_node.jobs.pipeline import job_results_dir, run_delivery_stage, run_edits, run_job
+from dicom_node.jobs.sandbox import SandboxStopping
 from dicom_node.jobs.states import Action, JobState
 from dicom_node.results import FILE_NAMES, edit_result_path, encode_results, result_files
 from editor import (
@@ -190,3 +191,5 @@ def test_the_encode_child_process_encodes_as_in_process_and_is_replaced_when_it_
         assert box.child_pid() not in (first_pid, os.getpid())
     finally:
         box.stop()
+    with pytest.raises(SandboxStopping):  # the worker stops: the job goes back on the delivery queue
+        box.encode(EditInput.of(job), job_results_dir(ctx, job_id))

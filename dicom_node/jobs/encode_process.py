@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dicom_node.config import Settings
 from dicom_node.jobs.editing import EditFailed, EditInput, EncodeOutput, encode_job
-from dicom_node.jobs.sandbox import memory_limit_bytes
+from dicom_node.jobs.sandbox import SandboxStopping, memory_limit_bytes
 
 log = logging.getLogger("x2x.jobs.encode")
 
@@ -49,9 +49,12 @@ class EncodeProcess:
         self.limit = memory_limit_bytes(settings)
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._stopping = False
 
     def _get_pool(self) -> ProcessPoolExecutor:
         with self._lock:
+            if self._stopping:  # the worker stops: the job goes back to the delivery queue
+                raise SandboxStopping()
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
                                                  initializer=_limit_memory, initargs=(self.limit,))
@@ -78,6 +81,8 @@ class EncodeProcess:
                 return pool.submit(encode_job, job, out_dir, self.settings).result()
             except BrokenProcessPool as exc:
                 self._replace(pool)
+                if self._stopping:
+                    raise SandboxStopping() from exc
                 if attempt == 2:
                     raise EncodeProcessDied(f"the encode's process died twice encoding this job; memory limit "
                                             f"{self.limit // 2**20} MB (queue.edit_memory_limit_mb)") from exc
@@ -93,7 +98,9 @@ class EncodeProcess:
         return int(self._get_pool().submit(os.getpid).result())
 
     def stop(self) -> None:
+        """The worker is stopping: a running encode finishes, a later one raises SandboxStopping."""
         with self._lock:
+            self._stopping = True
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -43,6 +43,22 @@ def worker_context() -> NodeContext:
         return _ctx
 
 
+def _put_back(ctx: NodeContext, job_id: int) -> JobOutcome:
+    """The worker stops while the job's edit (or encode) runs: back where that step starts."""
+    job = ctx.store.get(job_id)
+    encoding = job is not None and job.state == JobState.ENCODING
+    if encoding and ctx.store.transition(job_id, Action.REQUEUE_ENCODE).changed:
+        log.info("job %s put back on the delivery queue: the worker is stopping", job_id)
+        send_delivery(ctx, job_id)
+        return JobOutcome(JobState.EDITED.value)
+    if not encoding and ctx.store.transition(job_id, Action.REQUEUE).changed:
+        log.info("job %s put back on the queue: the worker is stopping", job_id)
+        send_task(ctx, job_id)
+        return JobOutcome(JobState.QUEUED.value)
+    fresh = ctx.store.get(job_id)
+    return JobOutcome(fresh.state if fresh is not None else "missing")
+
+
 StageRun = Callable[[NodeContext, list[int]], dict[int, JobOutcome]]
 
 
@@ -75,12 +91,8 @@ def _attempt(ctx: NodeContext, job_id: int, stage: Action, run: StageRun, compan
             for taken in ids:
                 beats.enter_context(leases.Heartbeat(ctx.store, taken, me, interval))
             return True, run(ctx, ids)
-    except SandboxStopping:  # the worker stops mid-edit: back on the queue, not failed, not a death
-        for taken in ids:
-            if ctx.store.transition(taken, Action.REQUEUE).changed:
-                log.info("job %s put back on the queue: the worker is stopping", taken)
-                send_task(ctx, taken)
-        return True, {taken: JobOutcome(JobState.QUEUED.value) for taken in ids}
+    except SandboxStopping:  # the worker stops mid-stage: back on its queue, not failed, not a death
+        return True, {taken: _put_back(ctx, taken) for taken in ids}
     except Exception as exc:  # each stage records its own errors; this is the safety net
         log.error("jobs %s failed unexpectedly: %s", ids, type(exc).__name__, exc_info=True)
         for taken in ids:
