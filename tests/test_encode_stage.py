@@ -24,6 +24,7 @@ from dicom_node.jobs.encode_process import EncodeProcess
 from dicom_node.jobs.pipeline import job_results_dir, run_delivery_stage, run_edits, run_job
 from dicom_node.jobs.sandbox import SandboxStopping
 from dicom_node.jobs.states import Action, JobState
+from dicom_node.jobs.sweeper import sweep_once
 from dicom_node.results import FILE_NAMES, edit_result_path, encode_results, result_files
 from editor import (
     Editor,
@@ -193,3 +194,16 @@ def test_the_encode_child_process_encodes_as_in_process_and_is_replaced_when_it_
         box.stop()
     with pytest.raises(SandboxStopping):  # the worker stops: the job goes back on the delivery queue
         box.encode(EditInput.of(job), job_results_dir(ctx, job_id))
+
+
+def test_the_sweep_puts_each_orphaned_step_back_where_it_starts(tmp_path: Path) -> None:
+    """A worker that died mid-step (no live lease): editing -> queued (edit again), encoding -> edited
+    (encode again from the saved arrays, not edit again), sending -> encoded (send again)."""
+    ctx = build_context(load_settings(paths={"var_dir": str(tmp_path / "var")}))
+    ids = {state: create_job(ctx, idempotency_key=f"k-{state}", study_instance_uid="1.2", sop_instance_uid=f"1.2.{i}",
+                             source_path="/x.dcm", instruction="Add the finding of edema.", state=state).id
+           for i, state in enumerate(("editing", "encoding", "sending", "edited"))}
+    recovered = sweep_once(ctx)
+    assert sorted(recovered) == sorted(ids[s] for s in ("editing", "encoding", "sending"))
+    states = {state: ctx.store.get(job_id).state for state, job_id in ids.items()}  # type: ignore[union-attr]
+    assert states == {"editing": "queued", "encoding": "edited", "sending": "encoded", "edited": "edited"}
