@@ -35,8 +35,10 @@ def test_bench_stages_composite_matches_the_full_image_reference() -> None:
     assert 0 < out["coverage"] < 1
     stages = out["stages"]
     for name in ("composite", "counterfactual_sc", "binary_seg", "fractional_seg", "parametric_map",
-                 "encode_five_objects", "write_five_objects", "write_outputs"):
+                 "encode_five_objects", "write_five_objects", "write_outputs", "edit_stage_save_arrays",
+                 "delivery_stage_load_arrays", "delivery_stage_read_source"):
         assert stages[name]["median_s"] > 0, name
+    assert out["hand_over_file_bytes"] > 1955 * 1841 * 2, "the arrays of the CR, at full size"
     assert set(stages["write_outputs"]["last_run_parts_s"]) == {"objects_s", "previews_s", "write_s"}
 
 

@@ -85,13 +85,14 @@ def run_bench(repeats: int, cpu: int | None) -> dict[str, Any]:
     from pydicom import dcmread
 
     from dicom_node.cli.bench_support import chest_cr_path
+    from dicom_node.jobs.editing import read_source
     from dicom_node.results import sc, seg
     from dicom_node.results.encode import encode_results
     from dicom_node.results.geometry import plane_geometry
     from dicom_node.results.outputs import save_objects, write_outputs
     from dicom_node.results.overlay import overlay_rgb, overlay_sc
     from dicom_node.results.pmap import parametric_map
-    from editor import EditItem, EditParams, source_from_dataset
+    from editor import EditItem, EditParams, load_edit_result, save_edit_result, source_from_dataset
     from editor.editor import Editor, composite_native
     from editor.model import load_model
     from editor.tiny import init_tiny_model
@@ -143,6 +144,14 @@ def run_bench(repeats: int, cpu: int | None) -> dict[str, Any]:
         lambda: write_outputs(result, work / f"outputs-{next(folder)}", source=source, source_ds=source_ds,
                               job_key="bench"), repeats)
     stages["write_outputs"]["last_run_parts_s"] = written.timings
+    # The hand-over between the node's stages: the edit stage saves the arrays (its only cost after the
+    # model), the delivery stage loads them and reads the source again before encoding.
+    stages["edit_stage_save_arrays"], _ = _times(
+        lambda: save_edit_result(result, work / f"hand-over-{next(folder)}.npz"), repeats)
+    saved = save_edit_result(result, work / "hand-over.npz")
+    out["hand_over_file_bytes"] = saved.stat().st_size
+    stages["delivery_stage_load_arrays"], _ = _times(lambda: load_edit_result(saved), repeats)
+    stages["delivery_stage_read_source"], _ = _times(lambda: read_source(str(chest_cr_path())), repeats)
     stages["reference_write_source_cr"], _ = _times(
         lambda: save_objects({"counterfactual": source_ds}, work / f"source-{next(folder)}"), repeats)
     out["stages"] = stages
