@@ -18,6 +18,7 @@ and Python iterations per 1 MB instance, on the one thread that receives the ass
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -30,7 +31,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.pdu_primitives import P_DATA
 
-from dicom_node.inbound.responses import store_response_command
+from dicom_node.inbound.commands import store_request_primitive, store_response_command
 
 log = logging.getLogger("x2x.receive")
 
@@ -102,9 +103,15 @@ class SpillBuffer(io.BytesIO):
             pass
 
 
+def _to_primitive(message: DIMSEMessage) -> Any:
+    """`message.message_to_primitive()`: inbound/commands.py for a plain C-STORE-RQ, else pynetdicom's."""
+    primitive = store_request_primitive(message)
+    return primitive if primitive is not None else type(message).message_to_primitive(message)
+
+
 class SpillingDIMSE(DIMSEServiceProvider):
-    """Starts each incoming DIMSE message with a SpillBuffer as its data set, and sends plain C-STORE
-    responses encoded by inbound/responses.py."""
+    """Starts each incoming DIMSE message with a SpillBuffer as its data set, converts plain C-STORE
+    requests and sends plain C-STORE responses with inbound/commands.py."""
 
     x2x_spill_dir: Path
     x2x_cap: int
@@ -113,6 +120,9 @@ class SpillingDIMSE(DIMSEServiceProvider):
         if self.message is None:
             message = DIMSEMessage()
             message.data_set = SpillBuffer(self.x2x_spill_dir, SPILL_BYTES, self.x2x_cap)
+            # pynetdicom's receive_primitive calls this once the message is complete (decode_msg has
+            # switched its class to the message type by then); an instance attribute, this message only.
+            message.message_to_primitive = functools.partial(_to_primitive, message)  # type: ignore[method-assign]
             self.message = message
         super().receive_primitive(primitive)
 
