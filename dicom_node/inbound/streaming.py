@@ -141,7 +141,7 @@ class SpillingDIMSE(DIMSEServiceProvider):
 
 
 # pynetdicom's socket read that read_pdu_bytes replaces (sha256 of its source, the pinned version;
-# tests/test_receive.py checks it): a change upstream must be looked at, not silently bypassed.
+# tests/test_receive_read.py checks it): a change upstream must be looked at, not silently bypassed.
 RECV_SOURCE_SHA256 = {
     "pynetdicom.transport.AssociationSocket.recv":
         "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
