@@ -237,9 +237,8 @@ def requeue_in_progress(store: JobStore, job_id: int, *, lease_seconds: float) -
     encoded (send) — with one conditional UPDATE, so a live worker that renewed its lease in the
     meantime keeps the job, and count the requeue. Returns True if this call requeued it."""
     job = store.get(job_id)
-    state = job.state if job is not None else None
-    action = {JobState.SENDING: Action.REQUEUE_DELIVERY, JobState.ENCODING: Action.REQUEUE_ENCODE}.get(
-        JobState(state) if state else JobState.EDITING, Action.REQUEUE)
+    back = {JobState.SENDING.value: Action.REQUEUE_DELIVERY, JobState.ENCODING.value: Action.REQUEUE_ENCODE}
+    action = back.get(job.state if job is not None else "", Action.REQUEUE)
     return store.transition(
         job_id, action, where=_orphan_conditions(store, job_id, lease_seconds), also=_drop_lease(job_id),
         requeues=Job.requeues + 1,

@@ -40,8 +40,9 @@ class EditProcessDied(EditFailed):
 
 
 class SandboxStopping(BaseException):  # noqa: N818 - not an error of the job: the worker is stopping
-    """The worker stops its edit process while an edit runs: the job is put back on the queue, not
-    failed (BaseException, so that no job-level handler records it as the job's error)."""
+    """The worker stops its edit (or encode) process while an edit (or encode) runs: the job is put back
+    where that step starts, not failed (BaseException, so that no job-level handler records it as the
+    job's error)."""
 
 
 def memory_limit_bytes(settings: Settings) -> int:
