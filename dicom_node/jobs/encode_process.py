@@ -78,20 +78,27 @@ class EncodeProcess:
         for attempt in (1, 2):
             pool = self._get_pool()
             try:
-                return pool.submit(encode_job, job, out_dir, self.settings).result()
+                future = pool.submit(encode_job, job, out_dir, self.settings)
+            except BrokenProcessPool:  # its process died after an earlier job: a new one
+                self._replace(pool)
+                continue
+            except RuntimeError:  # another thread replaced this pool just now (shut down): use the new one
+                continue
+            try:
+                return future.result()
             except BrokenProcessPool as exc:
                 self._replace(pool)
                 if self._stopping:
                     raise SandboxStopping() from exc
                 if attempt == 2:
-                    raise EncodeProcessDied(f"the encode's process died twice encoding this job; memory limit "
-                                            f"{self.limit // 2**20} MB (queue.edit_memory_limit_mb)") from exc
+                    raise EncodeProcessDied(f"the encode's process died encoding this job, in a new one too; memory "
+                                            f"limit {self.limit // 2**20} MB (queue.edit_memory_limit_mb)") from exc
                 log.warning("job %s: the encode process was gone; encoding in a new one", job.job_id)
             except MemoryError as exc:
                 self._replace(pool)  # a fresh process for the next encode gives the memory back
                 raise EditFailed(f"the encode needed more memory than queue.edit_memory_limit_mb allows "
                                  f"({self.limit // 2**20} MB)") from exc
-        raise AssertionError("unreachable")
+        raise EncodeProcessDied("the encode's process was replaced twice while this job waited for it")
 
     def child_pid(self) -> int:
         """The encode child's process id (operators' logs, tests)."""
