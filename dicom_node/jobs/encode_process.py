@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dicom_node.config import Settings
 from dicom_node.jobs.editing import EditFailed, EditInput, EncodeOutput, encode_job
-from dicom_node.jobs.sandbox import SandboxStopping, memory_limit_bytes
+from dicom_node.jobs.sandbox import PerProcess, SandboxStopping, memory_limit_bytes
 
 log = logging.getLogger("x2x.jobs.encode")
 
@@ -113,25 +113,13 @@ class EncodeProcess:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-_encoders: dict[int, EncodeProcess] = {}
-_encoders_lock = threading.Lock()
+_encoders = PerProcess(EncodeProcess)
 
 
 def encoder_for(settings: Settings) -> EncodeProcess:
     """This process's encode child for these settings (one per worker process, as its edit sandbox)."""
-    key = os.getpid()
-    with _encoders_lock:
-        box = _encoders.get(key)
-        if box is None or box.settings is not settings:
-            if box is not None:
-                box.stop()
-            box = _encoders[key] = EncodeProcess(settings)
-        return box
+    return _encoders.get(settings)
 
 
 def stop_encoders() -> None:
-    with _encoders_lock:
-        boxes = list(_encoders.values())
-        _encoders.clear()
-    for box in boxes:
-        box.stop()
+    _encoders.stop_all()

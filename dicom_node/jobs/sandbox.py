@@ -26,8 +26,9 @@ import multiprocessing as mp
 import os
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from dicom_node.config import Settings
 from dicom_node.jobs.editing import EditFailed, EditInput, EditOutput, edit_batch
@@ -216,25 +217,50 @@ class EditSandbox:
                 proc.kill()
 
 
-_sandboxes: dict[int, EditSandbox] = {}
-_sandboxes_lock = threading.Lock()
+class _Child(Protocol):
+    settings: Settings
+
+    def stop(self) -> None: ...
+
+
+Child = TypeVar("Child", bound=_Child)
+
+
+class PerProcess(Generic[Child]):
+    """One child-process handle per worker process, for the settings it runs with (Celery's prefork
+    children each get their own; new settings replace it). Serves the edit sandbox and the encode
+    process (jobs/encode_process.py)."""
+
+    def __init__(self, make: Callable[[Settings], Child]):
+        self._make = make
+        self._handles: dict[int, Child] = {}
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings) -> Child:
+        key = os.getpid()
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is None or handle.settings is not settings:
+                if handle is not None:
+                    handle.stop()
+                handle = self._handles[key] = self._make(settings)
+            return handle
+
+    def stop_all(self) -> None:
+        with self._lock:
+            handles = list(self._handles.values())
+            self._handles.clear()
+        for handle in handles:
+            handle.stop()
+
+
+_sandboxes = PerProcess(EditSandbox)
 
 
 def sandbox_for(settings: Settings) -> EditSandbox:
-    """This process's sandbox for these settings (one per process: Celery's prefork children each get one)."""
-    key = os.getpid()
-    with _sandboxes_lock:
-        box = _sandboxes.get(key)
-        if box is None or box.settings is not settings:
-            if box is not None:
-                box.stop()
-            box = _sandboxes[key] = EditSandbox(settings)
-        return box
+    """This process's sandbox for these settings."""
+    return _sandboxes.get(settings)
 
 
 def stop_sandboxes() -> None:
-    with _sandboxes_lock:
-        boxes = list(_sandboxes.values())
-        _sandboxes.clear()
-    for box in boxes:
-        box.stop()
+    _sandboxes.stop_all()
