@@ -106,6 +106,14 @@ def _queued_job(ctx: NodeContext, tmp_path: Path, chest_cr_path: Path) -> int:
     return job.id
 
 
+def _edited_job(ctx: NodeContext, tmp_path: Path, chest_cr_path: Path) -> int:
+    """A queued job claimed and run through the edit stage (state edited, arrays on disk)."""
+    job_id = _queued_job(ctx, tmp_path, chest_cr_path)
+    assert leases.claim(ctx.store, job_id, leases.WorkerIdentity.current(), Action.CLAIM)
+    assert run_edits(ctx, [job_id])[job_id].state == JobState.EDITED
+    return job_id
+
+
 def test_the_edit_stage_leaves_arrays_and_the_delivery_stage_encodes_and_sends_them(
     tmp_path: Path, tiny_model_dir: Path, chest_cr_path: Path
 ) -> None:
@@ -139,10 +147,8 @@ def test_an_edited_job_whose_arrays_are_gone_is_edited_again(
     tmp_path: Path, tiny_model_dir: Path, chest_cr_path: Path
 ) -> None:
     ctx = _node(tmp_path, tiny_model_dir)
-    job_id = _queued_job(ctx, tmp_path, chest_cr_path)
+    job_id = _edited_job(ctx, tmp_path, chest_cr_path)
     me = leases.WorkerIdentity.current()
-    assert leases.claim(ctx.store, job_id, me, Action.CLAIM)
-    assert run_edits(ctx, [job_id])[job_id].state == JobState.EDITED
     arrays = edit_result_path(job_results_dir(ctx, job_id))
     arrays.write_bytes(arrays.read_bytes()[:1000])  # torn, as by a crash right after the hand-over
 
@@ -158,9 +164,7 @@ def test_the_encode_child_process_encodes_as_in_process_and_is_replaced_when_it_
     tmp_path: Path, tiny_model_dir: Path, chest_cr_path: Path
 ) -> None:
     ctx = _node(tmp_path, tiny_model_dir)
-    job_id = _queued_job(ctx, tmp_path, chest_cr_path)
-    assert leases.claim(ctx.store, job_id, leases.WorkerIdentity.current(), Action.CLAIM)
-    run_edits(ctx, [job_id])
+    job_id = _edited_job(ctx, tmp_path, chest_cr_path)
     job = ctx.store.get(job_id)
     assert job is not None
     arrays = edit_result_path(job_results_dir(ctx, job_id))
