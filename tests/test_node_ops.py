@@ -7,7 +7,6 @@ Jobs use the tiny random model with 1 step on 4x-downscaled copies of the real c
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -17,17 +16,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import require_tool
 from tests.support.browser import chromium
 from tests.support.chest_copies import chest_copy, low_resolution_model, write_chest_copies
 from tests.support.node import NodeProcess, run_node
+from tests.support.redis import redis_server
 
 X2X = str(Path(sys.executable).with_name("x2x"))
 INSTRUCTION = "Add the finding of pleural effusion."
@@ -166,30 +165,6 @@ def test_serve_embedded_queue_10_jobs_api_metrics_dashboard_and_stow(
 
 
 # --- scale-out: redis + two x2x worker processes ----------------------------------------------------------
-@contextlib.contextmanager
-def redis_server(tmp_path: Path) -> Iterator[str]:
-    exe = require_tool("redis-server")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def start_worker(
     node: NodeProcess, tmp_path: Path, name: str, **env: str
 ) -> tuple[subprocess.Popen[bytes], Path]:
@@ -213,6 +188,9 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
 def wait_workers(node: NodeProcess, n: int, logs: list[Path], timeout: float = 90) -> None:
     try:
         node.wait_for(lambda: len(node._rows("SELECT * FROM workers")) >= n, timeout, f"{n} worker(s) registered")
+        # registered is not yet consuming: Celery logs "<hostname> ready." once its consumer listens
+        node.wait_for(lambda: all(re.search(r"@test ready\.", log.read_text(errors="replace")) for log in logs),
+                      timeout, "every worker's edit stage consuming")
     except AssertionError as e:  # the node's log says nothing about workers: show theirs
         tails = "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:] for log in logs)
         raise AssertionError(f"{e}{tails}") from None

@@ -69,6 +69,14 @@ class _ThreadedController:
             def on_consumer_ready(self, consumer: Any) -> None:
                 ready.set()
 
+            def should_use_eventloop(self) -> bool:
+                # kombu keeps ONE event loop per process (kombu.asynchronous.get_event_loop), and Celery
+                # gives it to every WorkController on an asynchronous transport (Redis, AMQP). Two
+                # controllers in two threads would then drive one loop, and a whole worker process
+                # could sit deaf to both queues. A controller in a thread polls its own connection
+                # instead (Celery's synchronous loop); the process's main worker keeps the event loop.
+                return False
+
         threaded = stage == "deliver"
         self.controller = _Controller(
             app=_app(stage),
