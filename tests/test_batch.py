@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 from tests.support.chest_copies import chest_copy, low_resolution_model, write_chest_copies
+from tests.support.terminal import ctrl_c_reaches
 
 X2X = str(Path(sys.executable).with_name("x2x"))
 INSTRUCTION = "Add the finding of pleural effusion."
@@ -71,7 +72,7 @@ def test_batch_skips_ineligible_resumes_after_ctrl_c_without_duplicates(
     manifest = out / "manifest.csv"
 
     # run 1: Ctrl-C once a few items are finished
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(ctrl_c_reaches(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while len(_rows(manifest)) < 8:
         assert first.poll() is None, first.communicate()[1].decode()[-3000:]

@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.archive import CALLING_AE, PASSWORD, TOKEN, USER, Archive, start_archive
 from tests.support.chest_copies import low_resolution_model
+from tests.support.terminal import ctrl_c_reaches
 
 X2X = str(Path(sys.executable).with_name("x2x"))
 INSTRUCTION = "Add the finding of pleural effusion."
@@ -94,7 +95,7 @@ def test_dicomweb_route_stores_into_the_source_study_and_resumes_after_ctrl_c_wi
     env = _env(tmp_path, X2X_DICOMWEB_TOKEN=TOKEN)
     before_b = archive.orthanc.study_instance_uids(archive.study_b)
 
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(ctrl_c_reaches(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_rows(first, manifest, lambda rows: any(r["status"] == "done" for r in rows))
     first.send_signal(signal.SIGINT)
     out1, err1 = first.communicate(timeout=120)

@@ -11,6 +11,7 @@ import pty
 import select
 import struct
 import subprocess
+import sys
 import termios
 import time
 
@@ -47,3 +48,15 @@ def run_on_terminal(cmd: list[str], env: dict[str, str] | None = None, timeout: 
             proc.kill()
             proc.wait(10)
     return proc.returncode, stdout.decode(errors="replace"), shown.decode(errors="replace")
+
+
+# exec the command with SIGINT at its default, so Python inside it installs its KeyboardInterrupt handler
+_EXEC_WITH_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                             "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def ctrl_c_reaches(cmd: list[str]) -> list[str]:
+    """`cmd` started so that SIGINT acts as Ctrl-C at a terminal. A shell that started the tests in the
+    background (`bash .ci/run &`) leaves SIGINT ignored, every child inherits that, and a Python program
+    started with SIGINT ignored never raises KeyboardInterrupt. Same process (exec), same PID."""
+    return [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGINT, *cmd]
