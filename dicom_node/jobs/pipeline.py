@@ -159,8 +159,7 @@ def run_edits(ctx: NodeContext, job_ids: list[int]) -> dict[int, JobOutcome]:
 
 
 # delivery stage ---------------------------------------------------------------------------------------
-def _encode(ctx: NodeContext, job: Job) -> EncodeOutput:
-    folder = job_results_dir(ctx, job.id)
+def _encode(ctx: NodeContext, job: Job, folder: Path) -> EncodeOutput:
     if ctx.settings.queue.edit_isolation == "process":
         return encoder_for(ctx.settings).encode(EditInput.of(job), folder)
     return encode_job(EditInput.of(job), folder, ctx.settings)
@@ -175,12 +174,13 @@ def run_encode(ctx: NodeContext, job_id: int) -> JobOutcome:
         raise KeyError(f"no job {job_id}")
     if job.state != JobState.ENCODING:
         return JobOutcome(job.state)
-    if result_files(job_results_dir(ctx, job_id)) is None:
+    folder = job_results_dir(ctx, job_id)
+    if result_files(folder) is None:
         try:
-            encoded = _encode(ctx, job)
+            encoded = _encode(ctx, job, folder)
         except EditResultFileError as exc:
             log.warning("job %s: edited again: %s", job_id, exc)
-            edit_result_path(job_results_dir(ctx, job_id)).unlink(missing_ok=True)  # torn: not "already edited"
+            edit_result_path(folder).unlink(missing_ok=True)  # torn: not "already edited"
             result = ctx.store.transition(job_id, Action.REQUEUE)
             return JobOutcome(result.state or JobState.QUEUED.value)
         except Exception as exc:  # noqa: BLE001 - the encode's own error, recorded on the job
@@ -188,7 +188,7 @@ def run_encode(ctx: NodeContext, job_id: int) -> JobOutcome:
         fresh = ctx.store.get(job_id)
         timings = dict(fresh.timings or {}) if fresh is not None else {}
         ctx.store.update(job_id, output_uids=encoded.uids, timings=timings | encoded.timings)
-        log.info("job %s encoded 5 objects in %s", job_id, job_results_dir(ctx, job_id))
+        log.info("job %s encoded 5 objects in %s", job_id, folder)
     try:
         _step(ctx, job_id, Action.ENCODED)
     except Stopped as stop:
