@@ -26,7 +26,16 @@ from typing import Any
 import typer
 
 from dicom_node.cli.apps import bench_app
-from dicom_node.cli.bench_support import DCMTK_ENV, chest_cr_path, dcmtk, free_port, orthanc, stop_process, wait_echo
+from dicom_node.cli.bench_support import (
+    DCMTK_ENV,
+    chest_cr_path,
+    dcmtk,
+    free_port,
+    orthanc,
+    stop_process,
+    wait_echo,
+    wait_settled,
+)
 from dicom_node.cli.errors import fail
 
 
@@ -85,6 +94,7 @@ def _storescp(work: Path, fork: bool, name: str) -> Iterator[tuple[int, Path]]:
                             start_new_session=True)
     try:
         wait_echo(port, proc)
+        wait_settled(proc)  # start-up done: only the instances use the cores
         yield port, out
     finally:
         stop_process(proc)
@@ -110,6 +120,7 @@ def _x2x(work: Path, name: str, receiver_processes: int | None, fsync: bool = Tr
     log.close()
     try:
         wait_echo(port, proc)
+        wait_settled(proc)  # start-up done: only the instances use the cores
         yield port, var / "spool"
     finally:
         stop_process(proc)
@@ -186,7 +197,8 @@ def run_bench(count: int, concurrency: int, workdir: Path, receiver_processes: i
         "x2x_receiver_processes": receiver_processes or receiver_process_count(load_settings(None)),
         "cpus": os.cpu_count(),
         "load_average_at_end": list(os.getloadavg()),
-        "notes": "instances/s, median and best of interleaved rounds, a fresh receiver each time. x2x (default, "
+        "notes": "instances/s, median and best of interleaved rounds, a fresh receiver each time, measured "
+                 "once it answers C-ECHO and its processes are idle (start-up done). x2x (default, "
                  "durable) fsyncs each instance before Success (concurrent instances share one flush); "
                  "Orthanc (stock settings, the reference PACS) stores file + index before answering, without "
                  "fsync; storescp neither (`--fork` for N associations). x2x_no_fsync = node.spool_fsync="

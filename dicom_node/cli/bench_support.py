@@ -62,6 +62,40 @@ def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0, 
     raise RuntimeError("receiver did not answer C-ECHO in time")
 
 
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid` (Linux /proc)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # after ")": state, ppid, pgrp, ..., utime (12th), stime (13th)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_settled(proc: subprocess.Popen[bytes], timeout: float = 30.0, window: float = 0.5,
+                 below_cores: float = 0.1) -> float:
+    """Wait until a receiver started with start_new_session=True has finished starting up: its whole
+    process group (receiver processes, worker children) uses under `below_cores` of a core over `window`
+    seconds. `x2x serve` answers C-ECHO seconds before its embedded worker has imported its libraries;
+    measured from the first echo, that start-up shares the cores with the instances. Returns the seconds
+    waited (`timeout` if it never settled: the measurement goes on, on a busy receiver)."""
+    t0 = time.monotonic()
+    last = _group_cpu_seconds(proc.pid)
+    while time.monotonic() - t0 < timeout and proc.poll() is None:
+        time.sleep(window)
+        now = _group_cpu_seconds(proc.pid)
+        if now - last < below_cores * window:
+            break
+        last = now
+    return round(time.monotonic() - t0, 2)
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group of a child started with start_new_session=True (SIGKILL after 30 s)."""
     if proc.poll() is None:
@@ -96,6 +130,7 @@ def orthanc(work: Path, name: str = "orthanc") -> Iterator[tuple[int, Path]]:
     log.close()
     try:
         wait_echo(port, proc)
+        wait_settled(proc)
         yield port, folder / "db"
     finally:
         stop_process(proc)
