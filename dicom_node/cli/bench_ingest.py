@@ -3,9 +3,10 @@ same run.
 
 Every receiver gets the same N instances (~1 MB each, made from pydicom-data's chest CR with new UIDs)
 from dcmtk `storescu` (TCP_NODELAY=1, as every dcmtk tool here): once over one association, once split
-over 8 concurrent associations (dcmtk side: `storescp --fork`), in interleaved rounds. Our node fsyncs
-every instance before answering (durable spool); Orthanc and storescp do not fsync. Prints JSON with
-instances/s and ratios.
+over 8 concurrent associations (dcmtk side: `storescp --fork`), in interleaved rounds, each receiver
+fresh and measured once its processes are idle (start-up done: bench_support.wait_settled). Our node
+fsyncs every instance before answering (durable spool); Orthanc and storescp do not fsync. Prints JSON
+with instances/s and ratios.
 """
 
 from __future__ import annotations
