@@ -8,17 +8,18 @@ import time
 
 from dicom_node.cli.bench_support import stop_process, wait_settled
 
-# A parent that starts a child (as `x2x serve` starts receivers and a worker), both busy for a while.
-_BUSY_THEN_IDLE = """
+# A parent that starts a child (as `x2x serve` starts receivers and a worker's encode child) and idles;
+# the child is busy for a while, then idles too.
+_BUSY_CHILD = """
 import subprocess, sys, time
 burn = "import time\\nend = time.process_time() + {seconds}\\nwhile time.process_time() < end: pass\\ntime.sleep(60)"
 subprocess.Popen([sys.executable, "-c", burn])
-exec(burn)
+time.sleep(60)
 """
 
 
 def _start(seconds: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", _BUSY_THEN_IDLE.format(seconds=seconds)],
+    return subprocess.Popen([sys.executable, "-c", _BUSY_CHILD.format(seconds=seconds)],
                             start_new_session=True)
 
 
@@ -27,7 +28,7 @@ def test_waits_for_the_whole_process_group_to_go_idle():
     try:
         t0 = time.monotonic()
         waited = wait_settled(proc, timeout=20)
-        assert time.monotonic() - t0 >= 1.5 - 0.3  # it burnt 1.5 s of CPU first (each process)
+        assert time.monotonic() - t0 >= 1.5 - 0.3  # the child burnt 1.5 s of CPU first (the parent idled)
         assert waited < 20  # and then it was found idle
     finally:
         stop_process(proc)
