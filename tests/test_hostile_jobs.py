@@ -46,7 +46,14 @@ def _send(port: int, paths: list[Path], called_ae: str = "X2X") -> list[int]:
     assert assoc.is_established
     chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     try:
-        return [int(assoc.send_c_store(p).Status) for p in paths]
+        statuses = []
+        for p in paths:
+            rsp = assoc.send_c_store(p)
+            # an empty response: no answer within the DIMSE timeout, or the association ended; say which
+            state = "aborted" if assoc.is_aborted else "established" if assoc.is_established else "ended"
+            assert "Status" in rsp, f"no C-STORE response for {p.name} (after {statuses}; association {state})"
+            statuses.append(int(rsp.Status))
+        return statuses
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = chunked
         assoc.release()
