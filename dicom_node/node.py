@@ -13,7 +13,7 @@ from dicom_node.config import Settings
 from dicom_node.context import NodeContext
 from dicom_node.inbound.receivers import ReceiverPool
 from dicom_node.inbound.scp import StorageSCP
-from dicom_node.inbound.spool import Spool
+from dicom_node.inbound.spool import ReceivingClaim, Spool
 from dicom_node.jobs.worker import start_embedded_worker, stop_embedded_worker
 from dicom_node.studies.tracker import StudyTracker
 
@@ -41,11 +41,13 @@ class NodeService:
         self.api: Any = None
         self._scp: StorageSCP | None = None
         self._pool: ReceiverPool | None = None
+        self._claim: ReceivingClaim | None = None
         self.address: tuple[str, int] | None = None
 
     def start(self) -> None:
         s = self.ctx.settings
         self.ctx.model_path  # noqa: B018  (resolves the model now: a missing model warns loudly at start)
+        self._claim = self.spool.claim_receiving()  # before rescan deletes unfinished receipts (SpoolInUse)
         resumed = self.tracker.rescan()
         if resumed:
             log.info("resuming %d study(ies) received before the last stop", len(resumed))
@@ -90,4 +92,6 @@ class NodeService:
         self.tracker.stop()
         if self.start_worker:
             stop_embedded_worker(self.ctx.settings.queue.stop_timeout_seconds)
+        if self._claim is not None:
+            self._claim.release()
         log.info("stopped")

@@ -30,6 +30,7 @@ _HINTS: tuple[tuple[str, str], ...] = (
     ("UnsupportedImageError", "give a DICOM image (CR/DX), a PNG, a JPEG or a .npy array"),
     ("InvalidEditParams", "fix the value in [edit] or the option; `x2x config reference` lists the bounds"),
     ("ConfigError", CONFIG_HELP),
+    ("SpoolInUse", "stop the other `x2x serve`, or give this node its own [paths] var_dir (or spool_dir)"),
     ("SchemaTooNew", "upgrade x2x, or point [database] url at another database"),
     ("OperationalError", "check [database] url and that the database server is up"),
     ("OutOfMemoryError", "use fewer --steps or a smaller [edit] resolution, or run on a GPU with more memory"),
@@ -84,7 +85,7 @@ def run(app: Any) -> None:
             raise
         # The project's own errors read as sentences; anything else is named, as Python would.
         own = {"ModelLoadError", "InstructionError", "UnsupportedImageError", "InvalidEditParams", "ConfigError",
-               "SchemaTooNew", "DatabaseUnusable"}
+               "SchemaTooNew", "DatabaseUnusable", "SpoolInUse"}
         name = type(exc).__name__
         message = str(exc) if name in own and str(exc) else f"{name}: {exc}"
         typer.echo(line("", message, hint_for(exc)), err=True)

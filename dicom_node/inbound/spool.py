@@ -9,17 +9,24 @@ atomically onto the final name, fsync the folder (one folder fsync serves every 
 it before the fsync began: `FolderSync`, a group commit across concurrent associations). Any OSError
 (disk full, I/O error) removes the temp file and reports `OUT_OF_RESOURCES`; no partial `.dcm` is
 ever visible.
+
+One process receives into a spool: `claim_receiving()` takes an exclusive lock on `<root>/.receiving.lock`
+(flock, released by the kernel when that process ends, however it ends). Only its holder deletes the temp
+files of unfinished receipts at start, so a second node pointed at the same spool (SO_REUSEPORT would let
+it share the port) stops with `SpoolInUse` instead of deleting the first one's receipts under way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +36,24 @@ log = logging.getLogger("x2x.spool")
 
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 TMP_SUFFIX = ".part"
+RECEIVING_LOCK = ".receiving.lock"  # a dot name: never taken for a study folder
+
+
+class SpoolInUse(RuntimeError):
+    """Another process already receives into this spool."""
+
+
+class ReceivingClaim:
+    """Held by the one process that receives into a spool (see `Spool.claim_receiving`)."""
+
+    def __init__(self, fd: int, path: Path):
+        self._fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
 
 
 class StoreStatus(enum.Enum):
@@ -265,9 +290,27 @@ class Spool:
         with self._lock:
             self._known_origins.add(key)
 
+    def claim_receiving(self) -> ReceivingClaim:
+        """Become the one process receiving into this spool, or raise SpoolInUse naming the holder."""
+        path = self.root / RECEIVING_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by children
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SpoolInUse(f"spool {self.root} is already receiving for {holder}: one node per spool") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        return ReceivingClaim(fd, path)
+
     # reading -----------------------------------------------------------------------------
     def remove_stale_temp_files(self) -> int:
-        """Temp files left by a crash are never acknowledged instances: delete them at start."""
+        """Temp files left by a crash are never acknowledged instances: delete them at start (only the
+        holder of `claim_receiving()` may: a temp file of a live receiver is a receipt under way)."""
         removed = 0
         for tmp in self.root.rglob(f"*{TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
