@@ -294,10 +294,13 @@ def test_bench_ingest_prints_rates_and_ratios(tmp_path):
         rates = out[mode]
         for receiver in ("x2x", "x2x_no_fsync", "orthanc", "dcmtk_storescp"):
             assert rates[receiver]["median"] > 0 and rates[receiver]["best"] >= rates[receiver]["median"]
+            assert len(rates[receiver]["rounds"]) == out["rounds"]
+            assert max(rates[receiver]["rounds"]) == rates[receiver]["best"]
         assert rates["ratio_x2x_over_orthanc"] == pytest.approx(
             rates["x2x"]["median"] / rates["orthanc"]["median"], abs=0.01)
     assert out["scaling_x2x"] == pytest.approx(
         out["2_associations"]["x2x"]["median"] / out["one_association"]["x2x"]["median"], abs=0.01)
+    assert out["scaling_x2x_per_round"] == [pytest.approx(out["scaling_x2x"], abs=0.01)]  # one round
     assert set(out["meets_targets"]) == {"scaling", "one_association_vs_orthanc", "2_associations_vs_orthanc"}
 
 

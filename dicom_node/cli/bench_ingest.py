@@ -172,8 +172,10 @@ def _receive_once(receiver: str, work: Path, name: str, files: list[Path], assoc
     return len(files) / seconds
 
 
-def _stats(rates: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(rates), 1), "best": round(max(rates), 1)}
+def _stats(rates: list[float]) -> dict[str, Any]:
+    # every round's rate too: on a shared machine the spread is part of the result
+    return {"median": round(statistics.median(rates), 1), "best": round(max(rates), 1),
+            "rounds": [round(r, 1) for r in rates]}
 
 
 def run_bench(count: int, concurrency: int, workdir: Path, receiver_processes: int | None, rounds: int = 3,
@@ -218,6 +220,10 @@ def run_bench(count: int, concurrency: int, workdir: Path, receiver_processes: i
     one = result["one_association"]
     for receiver in receivers:
         result[f"scaling_{receiver}"] = round(multi[receiver]["median"] / one[receiver]["median"], 3)
+        # paired within a round (the two modes ran minutes apart at most): how much of the spread is noise
+        result[f"scaling_{receiver}_per_round"] = [
+            round(m / o, 3) for m, o in zip(samples[f"{concurrency}_associations"][receiver],
+                                            samples["one_association"][receiver], strict=True)]
     if "x2x" in receivers and "orthanc" in receivers:
         result["meets_targets"] = {
             "scaling": result["scaling_x2x"] >= 1.5,
