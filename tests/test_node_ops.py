@@ -188,7 +188,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
 def wait_workers(node: NodeProcess, n: int, logs: list[Path], timeout: float = 90) -> None:
     try:
         node.wait_for(lambda: len(node._rows("SELECT * FROM workers")) >= n, timeout, f"{n} worker(s) registered")
-        # registered is not yet consuming: Celery logs "<hostname> ready." once its consumer listens
+        # a worker registers once its consumers listen (jobs/sweeper.py); Celery's "<hostname> ready." line
+        # says the same from the worker's side
         node.wait_for(lambda: all(re.search(r"@test ready\.", log.read_text(errors="replace")) for log in logs),
                       timeout, "every worker's edit stage consuming")
     except AssertionError as e:  # the node's log says nothing about workers: show theirs

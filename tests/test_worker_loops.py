@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis import redis_server
+from tests.support.redis import redis_server, redis_server_on
 
 X2X = str(Path(sys.executable).with_name("x2x"))
 
@@ -98,3 +99,58 @@ def test_one_worker_process_answers_both_stage_queues_on_redis(tmp_path: Path) -
     assert all(a["claimed"] is False for a in answers), answers
     text = log.read_text(errors="replace")
     assert text.count("not taken for claim") == 4 and text.count("not taken for send") == 4, text[-3000:]
+
+
+def _worker_rows(var: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    db = var / "jobs.sqlite"
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return list(con.execute("SELECT worker_id, kind FROM workers"))
+    except sqlite3.OperationalError:  # table not created yet
+        return []
+    finally:
+        con.close()
+
+
+def test_a_worker_is_live_only_once_its_consumer_listens(tmp_path: Path) -> None:
+    """`x2x status` counts the workers table as live workers: a worker whose broker is down is not one,
+    and it becomes one once the broker is up and its consumer listens."""
+    import time
+
+    from tests.conftest import free_port
+
+    port = free_port()  # no broker here yet
+    var = tmp_path / "var"
+    config = tmp_path / "x2x.toml"
+    config.write_text(f'[paths]\nvar_dir = "{var}"\n[queue]\nbroker_url = "redis://127.0.0.1:{port}/0"\n'
+                      f'result_backend = "redis://127.0.0.1:{port}/1"\nembedded_worker = false\n'
+                      "sweep_interval_seconds = 0.5\n")
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([X2X, "-c", str(config), "worker", "--hostname", "late@loops"], stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Cannot connect to redis" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        time.sleep(2.0)  # four sweep intervals: a sweeper that registered would have by now
+        assert (var / "jobs.sqlite").exists()
+        assert _worker_rows(var) == [], "a worker that reaches no broker is listed as live"
+        with redis_server_on(tmp_path, port):
+            while not _worker_rows(var):  # Celery retries the broker every few seconds
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.2)
+            assert re.search(r"late@loops ready\.", log.read_text(errors="replace"))
+            assert [kind for _, kind in _worker_rows(var)] == ["worker"]
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+        assert _worker_rows(var) == []  # deregistered at a clean stop
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -74,7 +74,9 @@ def resend_queued(ctx: NodeContext) -> int:
 
 
 class Sweeper:
-    """Runs `sweep_once` at start and every `queue.sweep_interval_seconds` in a daemon thread."""
+    """Runs `sweep_once` at start and every `queue.sweep_interval_seconds` in a daemon thread, and keeps
+    this worker's row in the workers table (what `x2x status` lists as live) fresh once `consuming()`
+    has been called: a worker whose consumer never reached its broker is not counted as live."""
 
     def __init__(self, ctx: NodeContext, kind: str = "worker"):
         self._ctx = ctx
@@ -82,11 +84,25 @@ class Sweeper:
         self._me = leases.WorkerIdentity.current()
         self._started = utcnow()
         self._stop = threading.Event()
+        self._consuming = threading.Event()
         self._thread = threading.Thread(target=self._run, name="x2x-sweeper", daemon=True)
 
     def start(self) -> Sweeper:
         self._thread.start()
         return self
+
+    def consuming(self) -> None:
+        """The worker's consumer listens on its queue: register it now (then at every sweep)."""
+        if self._stop.is_set():  # too late: stop() has deregistered this worker
+            return
+        self._consuming.set()
+        self._seen()
+
+    def _seen(self) -> None:
+        try:
+            leases.worker_seen(self._ctx.store, self._me, self._kind, self._started)
+        except Exception:
+            log.warning("could not register worker", exc_info=True)
 
     def _run(self) -> None:
         if self._ctx.settings.broker_url.startswith("sqla+"):
@@ -95,8 +111,9 @@ class Sweeper:
             except Exception:
                 log.warning("re-sending queued jobs failed", exc_info=True)
         while True:
+            if self._consuming.is_set():
+                self._seen()
             try:
-                leases.worker_seen(self._ctx.store, self._me, self._kind, self._started)
                 sweep_once(self._ctx)
             except Exception:
                 log.warning("job sweep failed", exc_info=True)

@@ -113,12 +113,22 @@ class EmbeddedWorker:
         _start_encoder(self._ctx, STAGES)
         for controller in self.controllers:
             controller.start()
-        for controller in self.controllers:
-            if not controller.ready.wait(timeout):
+        ready = [controller.ready.wait(timeout) for controller in self.controllers]
+        for controller, ok in zip(self.controllers, ready, strict=True):
+            if not ok:
                 log.warning("embedded %s worker not ready after %.0f s (broker reachable?)", controller.stage, timeout)
         self._sweeper.start()
+        if all(ready):
+            self._sweeper.consuming()
+        else:  # live in the workers table once every stage listens
+            threading.Thread(target=self._wait_consuming, name="x2x-worker-ready", daemon=True).start()
         log.info("embedded Celery workers running: edit (solo) and delivery (%d threads)", DELIVERY_THREADS)
         return self
+
+    def _wait_consuming(self) -> None:
+        for controller in self.controllers:
+            controller.ready.wait()
+        self._sweeper.consuming()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._sweeper.stop()
@@ -171,6 +181,19 @@ def run_worker(
     _start_encoder(ctx, stages)
     for controller in side:
         controller.start()
+
+    def _wait_side_then_register() -> None:
+        for controller in side:
+            controller.ready.wait()
+        sweeper.consuming()
+
+    def _on_ready(**_: Any) -> None:  # the main stage's consumer listens (Celery's worker_ready)
+        # not here: this runs on the consumer's own start-up path, which must not wait for the others
+        threading.Thread(target=_wait_side_then_register, name="x2x-worker-ready", daemon=True).start()
+
+    from celery.signals import worker_ready
+
+    worker_ready.connect(_on_ready, weak=False)
     try:
         worker = _app(stages[0]).Worker(
             pool=pool,
@@ -184,6 +207,7 @@ def run_worker(
         )
         worker.start()
     finally:
+        worker_ready.disconnect(_on_ready)
         for controller in side:
             controller.stop(30.0)
         sweeper.stop()

@@ -14,8 +14,14 @@ from tests.conftest import free_port, require_tool
 @contextlib.contextmanager
 def redis_server(tmp_path: Path) -> Iterator[str]:
     """Yield the URL (no database number) of a redis-server that answers PING."""
+    with redis_server_on(tmp_path, free_port()) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def redis_server_on(tmp_path: Path, port: int) -> Iterator[str]:
+    """`redis_server` on a port chosen by the caller (e.g. a broker that comes up late)."""
     exe = require_tool("redis-server")
-    port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
