@@ -45,9 +45,16 @@ class NodeService:
         self.address: tuple[str, int] | None = None
 
     def start(self) -> None:
-        s = self.ctx.settings
         self.ctx.model_path  # noqa: B018  (resolves the model now: a missing model warns loudly at start)
         self._claim = self.spool.claim_receiving()  # before rescan deletes unfinished receipts (SpoolInUse)
+        try:
+            self._start_stages()
+        except BaseException:
+            self.stop()  # what started stops and the claim is released: this process may start again
+            raise
+
+    def _start_stages(self) -> None:
+        s = self.ctx.settings
         resumed = self.tracker.rescan()
         if resumed:
             log.info("resuming %d study(ies) received before the last stop", len(resumed))

@@ -50,3 +50,31 @@ def test_second_node_on_one_spool_exits_and_keeps_the_first_ones_temp_files(tmp_
         assert "Traceback" not in second.stderr
         assert in_flight.exists()  # the first node's unfinished receipt was not deleted
         assert node.echo()  # and the first node still serves
+
+
+def test_a_node_that_fails_to_start_gives_its_claim_back(tmp_path, tiny_model_dir):
+    """A start that fails after the claim (here: the DICOM port is taken) stops what it started and
+    releases the spool, so the same process can start a node on it again."""
+    import socket
+
+    from dicom_node.config import load_settings
+    from dicom_node.context import build_context
+    from dicom_node.node import NodeService
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    s = load_settings(None)
+    s.paths.var_dir = tmp_path / "var"
+    s.model.path = tiny_model_dir
+    s.node.host, s.node.port = "127.0.0.1", taken.getsockname()[1]
+    s.node.receiver_processes = 1  # in-process SCP: its bind fails on a port in use
+    s.api.enabled = False
+    s.queue.embedded_worker = False
+    service = NodeService(build_context(s))
+    try:
+        with pytest.raises(OSError):
+            service.start()
+    finally:
+        taken.close()
+    Spool(s.spool_dir).claim_receiving().release()  # free again
