@@ -154,3 +154,35 @@ def test_a_worker_is_live_only_once_its_consumer_listens(tmp_path: Path) -> None
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_consuming_said_at_once_from_many_threads_registers_the_worker_once(tmp_path: Path, caplog) -> None:
+    """Registration is written by the sweeper's thread alone: writers racing on the missing row would
+    both insert it (the embedded node's start raced the sweeper's first round that way in CI)."""
+    import threading
+    import time
+
+    from dicom_node.config import load_settings
+    from dicom_node.context import build_context
+    from dicom_node.jobs import leases
+    from dicom_node.jobs.sweeper import Sweeper
+
+    ctx = build_context(load_settings(paths={"var_dir": str(tmp_path / "var")}))
+    sweeper = Sweeper(ctx, kind="embedded").start()
+    try:
+        gate = threading.Barrier(8)
+        callers = [threading.Thread(target=lambda: (gate.wait(), sweeper.consuming())) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        deadline = time.monotonic() + 20
+        while not leases.live_workers(ctx.store, within_seconds=60):
+            assert time.monotonic() < deadline, "the worker was never registered"
+            time.sleep(0.05)
+        time.sleep(0.5)  # any late writer would have failed by now
+        assert [w.kind for w in leases.live_workers(ctx.store, within_seconds=60)] == ["embedded"]
+        assert "could not register worker" not in caplog.text
+    finally:
+        sweeper.stop()
+    assert leases.live_workers(ctx.store, within_seconds=60) == []

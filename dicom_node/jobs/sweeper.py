@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from dicom_node.context import NodeContext
+from dicom_node.db.engine import retry_locked
 from dicom_node.db.tables import utcnow
 from dicom_node.jobs import leases
 from dicom_node.jobs.queue import enqueue, send_delivery, send_task
@@ -76,7 +78,9 @@ def resend_queued(ctx: NodeContext) -> int:
 class Sweeper:
     """Runs `sweep_once` at start and every `queue.sweep_interval_seconds` in a daemon thread, and keeps
     this worker's row in the workers table (what `x2x status` lists as live) fresh once `consuming()`
-    has been called: a worker whose consumer never reached its broker is not counted as live."""
+    has been called: a worker whose consumer never reached its broker is not counted as live.
+
+    Only the sweeper's thread writes that row (two writers would both find it missing and both insert)."""
 
     def __init__(self, ctx: NodeContext, kind: str = "worker"):
         self._ctx = ctx
@@ -85,6 +89,7 @@ class Sweeper:
         self._started = utcnow()
         self._stop = threading.Event()
         self._consuming = threading.Event()
+        self._wake = threading.Event()  # consuming() or stop(): act now, not at the next sweep
         self._thread = threading.Thread(target=self._run, name="x2x-sweeper", daemon=True)
 
     def start(self) -> Sweeper:
@@ -92,15 +97,16 @@ class Sweeper:
         return self
 
     def consuming(self) -> None:
-        """The worker's consumer listens on its queue: register it now (then at every sweep)."""
-        if self._stop.is_set():  # too late: stop() has deregistered this worker
-            return
+        """The worker's consumer listens on its queue: have it registered now (then at every sweep)."""
         self._consuming.set()
-        self._seen()
+        self._wake.set()
 
-    def _seen(self) -> None:
+    def _heartbeat(self) -> None:
+        if not self._consuming.is_set() or self._stop.is_set():  # stop() deregisters: never after it
+            return
         try:
-            leases.worker_seen(self._ctx.store, self._me, self._kind, self._started)
+            retry_locked(self._ctx.db, lambda: leases.worker_seen(self._ctx.store, self._me, self._kind,
+                                                                  self._started))
         except Exception:
             log.warning("could not register worker", exc_info=True)
 
@@ -110,18 +116,20 @@ class Sweeper:
                 resend_queued(self._ctx)
             except Exception:
                 log.warning("re-sending queued jobs failed", exc_info=True)
-        while True:
-            if self._consuming.is_set():
-                self._seen()
+        while not self._stop.is_set():
+            self._heartbeat()
             try:
                 sweep_once(self._ctx)
             except Exception:
                 log.warning("job sweep failed", exc_info=True)
-            if self._stop.wait(self._ctx.settings.queue.sweep_interval_seconds):
-                return
+            next_sweep = time.monotonic() + self._ctx.settings.queue.sweep_interval_seconds
+            while not self._stop.is_set() and self._wake.wait(max(0.0, next_sweep - time.monotonic())):
+                self._wake.clear()
+                self._heartbeat()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         try:
             leases.worker_gone(self._ctx.store, self._me)
