@@ -46,9 +46,8 @@ class SpoolInUse(RuntimeError):
 class ReceivingClaim:
     """Held by the one process that receives into a spool (see `Spool.claim_receiving`)."""
 
-    def __init__(self, fd: int, path: Path):
+    def __init__(self, fd: int):
         self._fd: int | None = fd
-        self.path = path
 
     def release(self) -> None:
         if self._fd is not None:
@@ -305,7 +304,7 @@ class Spool:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return ReceivingClaim(fd, path)
+        return ReceivingClaim(fd)
 
     # reading -----------------------------------------------------------------------------
     def remove_stale_temp_files(self) -> int:

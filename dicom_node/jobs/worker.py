@@ -99,6 +99,18 @@ class _ThreadedController:
         self.thread.join(timeout)
 
 
+def _register_when_ready(sweeper: Sweeper, controllers: list[_ThreadedController]) -> None:
+    """Have the worker registered as live once every one of `controllers` listens on its queue (at once
+    if they all do), from a thread: the caller is on a consumer's start-up path and must not wait."""
+
+    def wait_then_register() -> None:
+        for controller in controllers:
+            controller.ready.wait()
+        sweeper.consuming()
+
+    threading.Thread(target=wait_then_register, name="x2x-worker-ready", daemon=True).start()
+
+
 class EmbeddedWorker:
     """Both stages of `x2x serve`, each a WorkController in a daemon thread, plus the job sweeper."""
 
@@ -113,22 +125,13 @@ class EmbeddedWorker:
         _start_encoder(self._ctx, STAGES)
         for controller in self.controllers:
             controller.start()
-        ready = [controller.ready.wait(timeout) for controller in self.controllers]
-        for controller, ok in zip(self.controllers, ready, strict=True):
-            if not ok:
+        for controller in self.controllers:
+            if not controller.ready.wait(timeout):
                 log.warning("embedded %s worker not ready after %.0f s (broker reachable?)", controller.stage, timeout)
         self._sweeper.start()
-        if all(ready):
-            self._sweeper.consuming()
-        else:  # live in the workers table once every stage listens
-            threading.Thread(target=self._wait_consuming, name="x2x-worker-ready", daemon=True).start()
+        _register_when_ready(self._sweeper, self.controllers)
         log.info("embedded Celery workers running: edit (solo) and delivery (%d threads)", DELIVERY_THREADS)
         return self
-
-    def _wait_consuming(self) -> None:
-        for controller in self.controllers:
-            controller.ready.wait()
-        self._sweeper.consuming()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._sweeper.stop()
@@ -182,14 +185,8 @@ def run_worker(
     for controller in side:
         controller.start()
 
-    def _wait_side_then_register() -> None:
-        for controller in side:
-            controller.ready.wait()
-        sweeper.consuming()
-
     def _on_ready(**_: Any) -> None:  # the main stage's consumer listens (Celery's worker_ready)
-        # not here: this runs on the consumer's own start-up path, which must not wait for the others
-        threading.Thread(target=_wait_side_then_register, name="x2x-worker-ready", daemon=True).start()
+        _register_when_ready(sweeper, side)
 
     from celery.signals import worker_ready
 
